@@ -1,0 +1,175 @@
+//! Operator API models (`/api/v1`), shared by the server and the `anneal` CLI.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::inventory::Inventory;
+use crate::protocol::IdentityHints;
+use crate::MachineId;
+
+/// Where a machine stands in its life with Anneal.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    /// Enrolled, waiting for an operator to approve it (approval required by config).
+    Pending,
+    /// Enrolled and approved (or approval not required); inventory may follow.
+    Discovered,
+    #[serde(other)]
+    Unknown,
+}
+
+impl MachineState {
+    /// The wire name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Pending => "pending",
+            MachineState::Discovered => "discovered",
+            MachineState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A machine as listed: no inventory detail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MachineSummary {
+    pub id: MachineId,
+    pub state: MachineState,
+    pub hostname: Option<String>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+    /// MACs of physical NICs.
+    pub macs: Vec<String>,
+    pub cpus: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub disks: Option<u32>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub last_seen: Option<OffsetDateTime>,
+    /// What the agent last said it was doing.
+    pub status: Option<String>,
+}
+
+/// One machine in full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Machine {
+    pub id: MachineId,
+    pub state: MachineState,
+    /// Identity evidence the server holds for this machine.
+    pub identity: IdentityHints,
+    pub hostname: Option<String>,
+    pub inventory: Option<Inventory>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub inventory_at: Option<OffsetDateTime>,
+    /// Kernel boot id of the latest enrollment.
+    pub boot_id: Option<String>,
+    pub enrollments: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub last_seen: Option<OffsetDateTime>,
+    pub status: Option<String>,
+    /// Warnings raised about this machine (e.g. a second enrollment within one boot).
+    pub alerts: Vec<Alert>,
+}
+
+/// A warning attached to a machine record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alert {
+    pub kind: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+}
+
+/// `POST /api/v1/tokens`: a bootstrap token for enrolling machines.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateBootstrapToken {
+    /// Lifetime in seconds (default 3600).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How many enrollments it allows (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// Only an enrollment presenting this MAC may use it.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Free text shown in listings.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A bootstrap token as listed (the secret itself is shown only once, at creation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BootstrapToken {
+    pub id: String,
+    pub uses_left: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+    pub mac: Option<String>,
+    pub description: Option<String>,
+}
+
+/// The answer to token creation: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedBootstrapToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: BootstrapToken,
+}
+
+/// An enrollment held back because its identity evidence contradicts the records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuarantinedEnrollment {
+    pub id: String,
+    pub identity: IdentityHints,
+    /// Machines whose records the evidence points at.
+    pub candidates: Vec<MachineId>,
+    pub reason: String,
+    pub boot_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+}
+
+/// Roles of operator API tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including token management.
+    Admin,
+    /// Change machines (approve, revoke, …) and create bootstrap tokens.
+    Operator,
+    /// Read only.
+    Viewer,
+    #[serde(other)]
+    Unknown,
+}
+
+/// RFC 9457 problem details: every API error has this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `urn:anneal:problem:not-found`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

@@ -1,0 +1,204 @@
+//! The agent protocol: enrollment (server-authenticated TLS, CA pinned by fingerprint) and the
+//! mutual-TLS agent API (heartbeat, inventory, certificate renewal).
+//!
+//! Paths are constants here so that client and server cannot disagree about them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::inventory::Inventory;
+use crate::MachineId;
+
+/// Enrollment path prefix on the operator HTTPS listener (no client certificate required).
+pub const ENROLL_PREFIX: &str = "/enroll/v1";
+/// `GET`: the CA certificate in PEM.
+pub const PATH_CA: &str = "/enroll/v1/ca.pem";
+/// `GET`: the server's clock ([`TimeResponse`]), read before any certificate time check.
+pub const PATH_TIME: &str = "/enroll/v1/time";
+/// `POST`: [`EnrollRequest`] → [`EnrollResponse`].
+pub const PATH_ENROLL: &str = "/enroll/v1/enroll";
+
+/// Agent API paths on the mutual-TLS listener; `{id}` is the caller's own machine id.
+pub fn path_heartbeat(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}/heartbeat")
+}
+/// `PUT`: [`InventoryReport`].
+pub fn path_inventory(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}/inventory")
+}
+/// `POST`: [`RenewRequest`] → [`RenewResponse`].
+pub fn path_renew(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}/renew")
+}
+/// `GET`: [`crate::api::Machine`] — the caller's own record.
+pub fn path_machine(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}")
+}
+
+/// Header carrying the server's clock on every response, in Unix milliseconds.
+pub const HEADER_SERVER_TIME_MS: &str = "x-anneal-server-time-ms";
+
+/// The server's clock, learned over the pinned connection before anything checks a certificate's
+/// validity period (new hardware often has an RTC years off).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimeResponse {
+    pub protocol: u32,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+}
+
+/// What a machine says about itself to be recognised. Every field is optional evidence; the
+/// server decides what identifies (placeholders such as all-zero UUIDs never do).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IdentityHints {
+    /// SMBIOS system UUID as Linux presents it (`/sys/class/dmi/id/product_uuid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseboard_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// MAC addresses of physical NICs (lower-case, colon-separated).
+    #[serde(default)]
+    pub macs: Vec<Nic>,
+}
+
+/// A NIC as identity evidence.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Nic {
+    pub mac: String,
+    /// Bus the NIC sits on (`pci`, `usb`, …): USB NICs are often a BMC's host interface, shared
+    /// by a whole fleet, and never identify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+}
+
+/// `POST /enroll/v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub protocol: u32,
+    /// The bootstrap token (never logged).
+    pub token: String,
+    /// PKCS#10 CSR in PEM; the server keeps only the public key from it.
+    pub csr_pem: String,
+    pub identity: IdentityHints,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a new one marks a reboot.
+    pub boot_id: String,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// Successful enrollment: the client certificate and where the mutual-TLS agent API listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub protocol: u32,
+    pub machine_id: MachineId,
+    /// Client certificate in PEM (SAN = `urn:anneal:machine:<id>`).
+    pub cert_pem: String,
+    pub ca_pem: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Base URL of the mutual-TLS agent API, e.g. `https://10.0.0.1:8444`.
+    pub agent_url: String,
+    /// Whether this enrollment created the machine record.
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// `PUT /agent/v1/machines/{id}/inventory`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InventoryReport {
+    pub protocol: u32,
+    pub boot_id: String,
+    pub inventory: Inventory,
+}
+
+/// `POST /agent/v1/machines/{id}/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub protocol: u32,
+    pub boot_id: String,
+    /// What the agent is doing, shown on the machine's record.
+    #[serde(default)]
+    pub status: String,
+}
+
+/// Answer to a heartbeat: what the agent should do next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub protocol: u32,
+    pub directive: Directive,
+    /// Seconds until the next heartbeat (the agent adds jitter).
+    pub interval_secs: u32,
+    pub unix_ms: i64,
+}
+
+/// What the server tells an agent to do. Unknown values from a newer server map to `Unknown`,
+/// which an agent treats like `Wait`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    /// Nothing to do yet; keep heartbeating.
+    Wait,
+    /// The machine awaits operator approval (`anneal machines approve`).
+    AwaitApproval,
+    /// Re-send the inventory (the server has none for this boot).
+    SendInventory,
+    #[serde(other)]
+    Unknown,
+}
+
+/// `POST /agent/v1/machines/{id}/renew`: a new CSR for a fresh certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub protocol: u32,
+    pub csr_pem: String,
+}
+
+/// A renewed client certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub protocol: u32,
+    pub cert_pem: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// The URI SAN that names a machine in its client certificate.
+pub fn machine_uri(id: MachineId) -> String {
+    format!("urn:anneal:machine:{id}")
+}
+
+/// The machine id named by a client certificate's URI SAN, if it is one of ours.
+pub fn machine_from_uri(uri: &str) -> Option<MachineId> {
+    uri.strip_prefix("urn:anneal:machine:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_directive_and_fields_are_tolerated() {
+        let json = r#"{"protocol":7,"directive":"install_os_v9","interval_secs":10,"unix_ms":1,"new_field":[1,2]}"#;
+        let r: HeartbeatResponse = serde_json::from_str(json).unwrap();
+        assert_eq!(r.directive, Directive::Unknown);
+    }
+
+    #[test]
+    fn machine_uri_round_trips() {
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(machine_from_uri(&machine_uri(id)), Some(id));
+        assert_eq!(machine_from_uri("urn:other:x"), None);
+    }
+}
