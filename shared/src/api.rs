@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::inventory::Inventory;
 use crate::protocol::IdentityHints;
-use crate::MachineId;
+use uuid::Uuid;
 
 /// Where a machine stands in its life with Anneal.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -35,7 +35,7 @@ impl MachineState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MachineSummary {
-    pub id: MachineId,
+    pub id: Uuid,
     pub state: MachineState,
     pub hostname: Option<String>,
     pub manufacturer: Option<String>,
@@ -57,7 +57,7 @@ pub struct MachineSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Machine {
-    pub id: MachineId,
+    pub id: Uuid,
     pub state: MachineState,
     /// Identity evidence the server holds for this machine.
     pub identity: IdentityHints,
@@ -138,7 +138,7 @@ pub struct QuarantinedEnrollment {
     pub id: String,
     pub identity: IdentityHints,
     /// Machines whose records the evidence points at.
-    pub candidates: Vec<MachineId>,
+    pub candidates: Vec<Uuid>,
     pub reason: String,
     pub boot_id: String,
     #[serde(with = "time::serde::rfc3339")]

@@ -1,0 +1,127 @@
+//! The `anneal-agent` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anneal_shared::cmdline;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::clock::Clock;
+use crate::inventory::{self, CollectOptions};
+use crate::runner::{self, RunConfig};
+
+/// anneal-agent: inventories this machine and does its work, reporting to an Anneal server
+/// over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "anneal-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll with the server and work for it (flags default to the kernel command line's
+    /// anneal.url, anneal.ca and anneal.token).
+    Run(RunArgs),
+    /// Print this machine's inventory as JSON.
+    Inventory {
+        /// Read the machine from this root instead of / (captured fixture trees).
+        #[arg(long, default_value = "/")]
+        sysroot: PathBuf,
+        /// Also run smartctl and ipmitool when present.
+        #[arg(long)]
+        tools: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Enrollment URL, e.g. https://10.0.0.1:8443.
+    #[arg(long, env = "ANNEAL_URL")]
+    server: Option<String>,
+    /// The server CA's fingerprint, `sha256:HEX`.
+    #[arg(long, env = "ANNEAL_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
+    /// Bootstrap token.
+    #[arg(long, env = "ANNEAL_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the machine from this root instead of /.
+    #[arg(long, default_value = "/")]
+    sysroot: PathBuf,
+    /// Do not run smartctl/ipmitool.
+    #[arg(long)]
+    no_tools: bool,
+    /// Seconds to listen for LLDP on each link (0 skips).
+    #[arg(long, default_value_t = 0)]
+    lldp_secs: u64,
+    /// Enroll, send the inventory, heartbeat once, and exit.
+    #[arg(long)]
+    once: bool,
+    /// Override the kernel boot id (simulations and tests).
+    #[arg(long, hide = true)]
+    boot_id: Option<String>,
+    /// Pretend the local clock reads this RFC 3339 time (tests of wrong RTCs).
+    #[arg(long, hide = true)]
+    fake_clock: Option<String>,
+}
+
+fn from_cmdline(sysroot: &std::path::Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(sysroot.join("proc/cmdline")).ok()?;
+    cmdline::get(&text, key).filter(|v| !v.is_empty())
+}
+
+/// Run the command line; `main` only calls this.
+pub async fn run(cli: Cli) -> Result<()> {
+    crate::install_crypto_provider();
+    match cli.command {
+        Command::Inventory { sysroot, tools } => {
+            let inv = inventory::collect(&CollectOptions {
+                sysroot,
+                run_tools: tools,
+                lldp_listen: Duration::ZERO,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .await;
+            println!("{}", serde_json::to_string_pretty(&inv)?);
+            Ok(())
+        }
+        Command::Run(a) => {
+            let url = a
+                .server
+                .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
+                .context("no server URL: give --server or anneal.url= on the kernel command line")?;
+            let ca_fingerprint = a
+                .ca_fingerprint
+                .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
+                .context("no CA fingerprint: give --ca-fingerprint or anneal.ca= on the kernel command line")?;
+            let token = a
+                .token
+                .or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN))
+                .context("no bootstrap token: give --token or anneal.token= on the kernel command line")?;
+            let clock = match a.fake_clock {
+                Some(t) => {
+                    let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| format!("--fake-clock {t:?} is not RFC 3339"))?;
+                    Clock::fake((t.unix_timestamp_nanos() / 1_000_000) as i64)
+                }
+                None => Clock::system(),
+            };
+            runner::run(
+                RunConfig {
+                    url,
+                    ca_fingerprint,
+                    token,
+                    sysroot: a.sysroot,
+                    run_tools: !a.no_tools,
+                    lldp_listen: Duration::from_secs(a.lldp_secs),
+                    boot_id: a.boot_id,
+                    once: a.once,
+                },
+                clock,
+            )
+            .await
+        }
+    }
+}

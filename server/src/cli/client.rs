@@ -1,0 +1,100 @@
+//! The CLI's HTTP client: trusts the server's CA, sends the API token, turns problem
+//! documents into readable errors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anneal_shared::api::Problem;
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::ClientOpts;
+
+/// An authenticated connection to one server's operator API.
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    /// Build from the command-line options, reading defaults from the data directory.
+    pub fn new(opts: &ClientOpts) -> Result<ApiClient> {
+        crate::install_crypto_provider();
+        let ca_path: PathBuf = opts
+            .ca
+            .clone()
+            .unwrap_or_else(|| opts.data_dir.join(crate::app::CA_FILE));
+        let ca_pem = std::fs::read(&ca_path).with_context(|| {
+            format!(
+                "reading the server's CA certificate {} (give --ca or ANNEAL_CA)",
+                ca_path.display()
+            )
+        })?;
+        let token = match &opts.token {
+            Some(t) => t.clone(),
+            None => {
+                let p = opts.data_dir.join(crate::app::ADMIN_TOKEN_FILE);
+                std::fs::read_to_string(&p)
+                    .with_context(|| {
+                        format!("no API token: give --token or ANNEAL_TOKEN (or run next to a server's {})", p.display())
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+            roots.add(cert.context("CA certificate PEM")?)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(ApiClient {
+            http,
+            base: opts.server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// GET a JSON resource.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    /// POST a JSON body, read a JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let req = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(req).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let res = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = res.status();
+        let bytes = res.bytes().await.context("reading the server's answer")?;
+        if !status.is_success() {
+            match serde_json::from_slice::<Problem>(&bytes) {
+                Ok(p) => bail!(
+                    "{} ({})",
+                    p.detail.unwrap_or(p.title),
+                    status.as_u16()
+                ),
+                Err(_) => bail!("server answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
+    }
+}

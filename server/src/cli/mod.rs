@@ -1,0 +1,253 @@
+//! The `anneal` command line: `serve`, and the operator commands that talk to a server's API.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+
+use anneal_shared::api::{
+    BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, Machine, MachineSummary,
+    QuarantinedEnrollment,
+};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ServeArgs};
+use client::ApiClient;
+pub use output::Format;
+
+/// Anneal: discover, burn in, scrub and hand over bare-metal machines.
+#[derive(Debug, Parser)]
+#[command(name = "anneal", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (DHCP/TFTP/HTTP boot services come in later releases).
+    Serve(ServeArgs),
+    /// List, inspect, approve and revoke machines.
+    Machines {
+        #[command(flatten)]
+        conn: ClientOpts,
+        #[command(subcommand)]
+        command: MachinesCmd,
+    },
+    /// Bootstrap tokens for enrolling machines.
+    Tokens {
+        #[command(flatten)]
+        conn: ClientOpts,
+        #[command(subcommand)]
+        command: TokensCmd,
+    },
+    /// Enrollments held back for conflicting identity evidence.
+    Quarantine {
+        #[command(flatten)]
+        conn: ClientOpts,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+        output: Format,
+    },
+    /// Print the operator API's OpenAPI document.
+    Openapi,
+}
+
+/// How to reach and authenticate to a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// Server URL.
+    #[arg(long, global = true, env = "ANNEAL_SERVER", default_value = "https://127.0.0.1:8443")]
+    pub server: String,
+    /// API token [default: the admin token in DATA_DIR/admin.token].
+    #[arg(long, global = true, env = "ANNEAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate to trust [default: DATA_DIR/ca.pem].
+    #[arg(long, global = true, env = "ANNEAL_CA")]
+    pub ca: Option<PathBuf>,
+    /// Data directory of a local server, for the defaults above.
+    #[arg(long, global = true, env = "ANNEAL_DATA_DIR", default_value = "anneal-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum MachinesCmd {
+    /// List machines.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show one machine and its inventory (id or unique id prefix).
+    Show {
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Approve a pending machine.
+    Approve { id: String },
+    /// Revoke a machine's certificates: its agent is refused from its next request.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCmd {
+    /// Create a bootstrap token (the secret is printed once).
+    Create {
+        /// Lifetime: seconds, or with a unit: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
+        ttl: u64,
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Only a machine presenting this MAC may use it.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Free text shown in listings.
+        #[arg(long)]
+        description: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// List usable bootstrap tokens.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// Parse `90`, `90s`, `30m`, `12h`, `7d` into seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("not a duration: {s:?} (use e.g. 3600, 90s, 30m, 12h, 7d)"))
+}
+
+/// Run the command line; the binary's `main` only calls this.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => crate::serve::run(Config::resolve(&args)?).await,
+        Command::Openapi => {
+            print!("{}", crate::api::openapi_json());
+            Ok(())
+        }
+        Command::Machines { conn, command } => machines(ApiClient::new(&conn)?, command).await,
+        Command::Tokens { conn, command } => tokens(ApiClient::new(&conn)?, command).await,
+        Command::Quarantine { conn, output } => {
+            let q: Vec<QuarantinedEnrollment> = ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
+            output::quarantine(&q, output)
+        }
+    }
+}
+
+/// Resolve an id or a unique prefix of one.
+async fn resolve_id(api: &ApiClient, id: &str) -> Result<String> {
+    if uuid::Uuid::parse_str(id).is_ok() {
+        return Ok(id.to_string());
+    }
+    let all: Vec<MachineSummary> = api.get("/api/v1/machines").await?;
+    let hits: Vec<_> = all
+        .iter()
+        .filter(|m| m.id.to_string().starts_with(&id.to_lowercase()))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.id.to_string()),
+        [] => bail!("no machine id starts with {id:?}"),
+        _ => bail!("{} machines' ids start with {id:?}; give more of it", hits.len()),
+    }
+}
+
+async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
+    match cmd {
+        MachinesCmd::Ls { output } => {
+            let list: Vec<MachineSummary> = api.get("/api/v1/machines").await?;
+            output::machines(&list, output)
+        }
+        MachinesCmd::Show { id, output } => {
+            let id = resolve_id(&api, &id).await?;
+            let m: Machine = api.get(&format!("/api/v1/machines/{id}")).await?;
+            output::machine(&m, output)
+        }
+        MachinesCmd::Approve { id } => {
+            let id = resolve_id(&api, &id).await?;
+            let m: Machine = api
+                .post(&format!("/api/v1/machines/{id}/approve"), &serde_json::json!({}))
+                .await?;
+            println!("machine {} approved (state: {})", m.id, m.state.as_str());
+            Ok(())
+        }
+        MachinesCmd::Revoke { id } => {
+            let id = resolve_id(&api, &id).await?;
+            let r: serde_json::Value = api
+                .post(&format!("/api/v1/machines/{id}/revoke"), &serde_json::json!({}))
+                .await?;
+            println!(
+                "machine {id}: {} certificate(s) revoked",
+                r.get("revoked").and_then(|v| v.as_u64()).unwrap_or(0)
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn tokens(api: ApiClient, cmd: TokensCmd) -> Result<()> {
+    match cmd {
+        TokensCmd::Create {
+            ttl,
+            uses,
+            mac,
+            description,
+            output,
+        } => {
+            let req = CreateBootstrapToken {
+                ttl_secs: Some(ttl),
+                uses: Some(uses),
+                mac,
+                description,
+            };
+            let t: CreatedBootstrapToken = api.post("/api/v1/tokens", &req).await?;
+            output::created_token(&t, output)
+        }
+        TokensCmd::Ls { output } => {
+            let list: Vec<BootstrapToken> = api.get("/api/v1/tokens").await?;
+            output::tokens(&list, output)
+        }
+    }
+    .context("tokens")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("30m"), Ok(1800));
+        assert_eq!(parse_duration_secs("12h"), Ok(43_200));
+        assert_eq!(parse_duration_secs("7d"), Ok(604_800));
+        assert!(parse_duration_secs("0").is_err());
+        assert!(parse_duration_secs("h").is_err());
+        assert!(parse_duration_secs("5w").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,191 @@
+//! `anneal serve`: bind the listeners, run until SIGINT/SIGTERM, drain, stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::app::{self, App};
+use crate::config::Config;
+use crate::pki::IssuedCert;
+use crate::problem;
+
+/// A started server.
+pub struct Running {
+    /// Shared state (tests reach into the store through it).
+    pub app: Arc<App>,
+    /// Where the operator API and enrollment listen.
+    pub api_addr: SocketAddr,
+    /// Where the agent API listens.
+    pub agent_addr: SocketAddr,
+    /// The admin token, on the very first start only.
+    pub first_admin_token: Option<String>,
+    /// Cancel to stop.
+    pub shutdown: CancellationToken,
+    /// Finishes when both listeners have drained.
+    pub done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop and wait until the listeners have drained.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+}
+
+/// The server certificate chain: our certificate, then the CA (agents pin the CA by fingerprint
+/// and find it in the chain).
+pub fn server_chain(app: &App, cert: &IssuedCert) -> Result<Vec<CertificateDer<'static>>> {
+    let mut chain = rustls_pemfile::certs(&mut cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("server certificate PEM")?;
+    chain.push(app.ca.cert_der());
+    Ok(chain)
+}
+
+/// The server certificate's private key.
+pub fn server_key(cert: &IssuedCert) -> Result<PrivateKeyDer<'static>> {
+    let pem = cert
+        .key_pem
+        .as_deref()
+        .context("server certificate has no key")?;
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .context("server key PEM")?
+        .context("server key PEM holds no key")
+}
+
+fn api_tls(app: &App, cert: &IssuedCert) -> Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(server_chain(app, cert)?, server_key(cert)?)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, Json<serde_json::Value>) {
+    match app.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ok", "store": app.store.engine()})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "store": app.store.engine(), "error": e.to_string()})),
+        ),
+    }
+}
+
+/// The operator listener's routes: API, enrollment, health, metrics.
+fn api_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::render))
+        .with_state(app.clone())
+        .merge(crate::api::router(app.clone()))
+        .merge(crate::enroll::router(app))
+        .fallback(problem::not_found)
+        .layer(axum::middleware::from_fn(crate::http_util::stamp_server_time))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(problem::ApiError::internal("handler panicked"))
+        }))
+}
+
+/// Bind both listeners and prepare state; serving runs in the background.
+pub async fn start(mut config: Config) -> Result<Running> {
+    crate::install_crypto_provider();
+    crate::metrics::handle();
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API listener on {}", config.api_listen))?;
+    let agent_listener = TcpListener::bind(config.agent_listen)
+        .await
+        .with_context(|| format!("binding the agent listener on {}", config.agent_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let agent_addr = agent_listener.local_addr()?;
+    // The configured ports may be 0 (tests); agents must be told the real ones.
+    config.api_listen = api_addr;
+    config.agent_listen = agent_addr;
+    let prepared = app::prepare(config).await?;
+    let app = prepared.app;
+    let api_cfg = Arc::new(api_tls(&app, &prepared.server_cert)?);
+    let agent_cfg = Arc::new(crate::agent_api::tls_config(&app, &prepared.server_cert)?);
+
+    let shutdown = CancellationToken::new();
+    let api = tokio::spawn(crate::tls::serve(
+        "api",
+        api_listener,
+        api_cfg,
+        api_router(app.clone()),
+        shutdown.clone(),
+    ));
+    let agent = tokio::spawn(crate::tls::serve(
+        "agent",
+        agent_listener,
+        agent_cfg,
+        crate::agent_api::router(app.clone()),
+        shutdown.clone(),
+    ));
+    let done = tokio::spawn(async move {
+        let _ = api.await;
+        let _ = agent.await;
+    });
+    tracing::info!(%api_addr, %agent_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
+    Ok(Running {
+        app,
+        api_addr,
+        agent_addr,
+        first_admin_token: prepared.first_admin_token,
+        shutdown,
+        done,
+    })
+}
+
+/// Run until SIGINT or SIGTERM, then shut down gracefully.
+pub async fn run(config: Config) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let running = start(config).await?;
+    let ca_fp = running.app.ca.fingerprint();
+    eprintln!("anneal is serving");
+    eprintln!("  operator API + enrollment: https://{}", running.api_addr);
+    eprintln!("  agent API (mutual TLS):    https://{}", running.agent_addr);
+    eprintln!("  CA fingerprint:            {ca_fp}");
+    if let Some(token) = &running.first_admin_token {
+        eprintln!();
+        eprintln!("  First start: admin API token (shown once; also in {}/{}, mode 0600):", data_dir.display(), app::ADMIN_TOKEN_FILE);
+        eprintln!("  {token}");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,342 @@
+//! The conformance suite every [`Store`] engine must pass, races included.
+//!
+//! Engine-neutral on purpose: `server/tests/store_sqlite.rs` runs it against SQLite, and the
+//! PostgreSQL engine will run the very same functions. Each check panics with a message on
+//! failure (it is test support, called only from tests).
+
+use std::sync::Arc;
+
+use anneal_shared::api::MachineState;
+use anneal_shared::inventory::{Inventory, System};
+use anneal_shared::protocol::{IdentityHints, Nic};
+use anneal_shared::MachineId;
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::identity::Evidence;
+
+/// Runs every check against fresh stores made by `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Store>>,
+{
+    settings_first_writer_wins(make().await).await;
+    token_uses_are_never_exceeded_under_concurrency(make().await).await;
+    concurrent_enrollments_of_one_machine_make_one_record(make().await).await;
+    machine_state_cas_has_one_winner(make().await).await;
+    refused_tokens_change_nothing(make().await).await;
+    quarantine_keeps_the_token_and_both_records(make().await).await;
+    reenrollment_in_the_same_boot_raises_an_alert(make().await).await;
+    revocation_and_certs(make().await).await;
+    heartbeats_and_inventory(make().await).await;
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn hints(n: u32) -> IdentityHints {
+    IdentityHints {
+        system_uuid: Some(format!("6f1c2a3b-0000-4000-8000-{n:012x}")),
+        system_serial: Some(format!("SRV-{n:06}")),
+        macs: vec![Nic {
+            mac: format!("52:54:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
+            bus: Some("pci".into()),
+        }],
+        ..Default::default()
+    }
+}
+
+fn input(token_hash: &str, hints: IdentityHints, boot_id: &str) -> EnrollInput {
+    EnrollInput {
+        token_hash: token_hash.into(),
+        evidence: Evidence::from_hints(&hints),
+        macs: hints.macs.iter().map(|n| n.mac.clone()).collect(),
+        hints,
+        boot_id: boot_id.into(),
+        hostname: Some("host".into()),
+        require_approval: false,
+        now: now(),
+    }
+}
+
+async fn add_token(store: &Arc<dyn Store>, hash: &str, uses: u32, ttl: Duration, mac: Option<&str>) {
+    store
+        .insert_bootstrap_token(&BootstrapTokenRecord {
+            id: format!("id-{hash}"),
+            hash: hash.into(),
+            uses_left: uses,
+            expires_at: now() + ttl,
+            mac: mac.map(str::to_string),
+            description: None,
+            created_at: now(),
+        })
+        .await
+        .expect("insert bootstrap token");
+}
+
+/// A signer that makes a fake (but unique) serial, so the suite needs no CA.
+fn signer() -> impl Fn(MachineId) -> Result<SignedCert, String> + Send + Sync {
+    |id| {
+        Ok(SignedCert {
+            cert_pem: format!("cert for {id}"),
+            serial: uuid::Uuid::new_v4().simple().to_string(),
+            not_after: now() + Duration::days(1),
+        })
+    }
+}
+
+async fn enroll(store: &Arc<dyn Store>, input: &EnrollInput) -> EnrollOutcome {
+    store.enroll(input, &signer()).await.expect("enroll")
+}
+
+/// Several servers creating the CA at once: exactly one write wins.
+pub async fn settings_first_writer_wins(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put_setting_if_absent("ca", &format!("ca-{i}")).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("put") {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent put_setting_if_absent wins");
+    let v = store.get_setting("ca").await.expect("get").expect("set");
+    assert!(v.starts_with("ca-"));
+}
+
+/// A token good for 3 enrollments, claimed by 24 machines at once: exactly 3 get in.
+pub async fn token_uses_are_never_exceeded_under_concurrency(store: Arc<dyn Store>) {
+    add_token(&store, "three", 3, Duration::hours(1), None).await;
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.enroll(&input("three", hints(n), &format!("boot-{n}")), &signer())
+                .await
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join").expect("enroll") {
+            EnrollOutcome::Enrolled { .. } => ok += 1,
+            EnrollOutcome::TokenRefused(TokenRefusal::UsedUp) => refused += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (3, 21), "a 3-use token admits exactly 3 of 24");
+    assert_eq!(store.list_machines().await.expect("list").len(), 3);
+    assert!(
+        store.list_bootstrap_tokens(now()).await.expect("list").is_empty(),
+        "a used-up token is no longer listed"
+    );
+}
+
+/// The same new machine enrolling from 12 tasks at once ends up as one record.
+pub async fn concurrent_enrollments_of_one_machine_make_one_record(store: Arc<dyn Store>) {
+    add_token(&store, "many", 100, Duration::hours(1), None).await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.enroll(&input("many", hints(7), &format!("boot-{i}")), &signer())
+                .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("join").expect("enroll") {
+            EnrollOutcome::Enrolled {
+                machine_id,
+                created: c,
+                ..
+            } => {
+                ids.insert(machine_id);
+                created += c as u32;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one machine, one record");
+    assert_eq!(created, 1, "exactly one enrollment created it");
+    let m = store.list_machines().await.expect("list");
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].enrollments, 12);
+}
+
+/// Twenty tasks try to change a machine from the same version: one wins, the rest see Conflict.
+pub async fn machine_state_cas_has_one_winner(store: Arc<dyn Store>) {
+    add_token(&store, "t", 1, Duration::hours(1), None).await;
+    let mut i = input("t", hints(1), "b");
+    i.require_approval = true;
+    let EnrollOutcome::Enrolled {
+        machine_id, state, ..
+    } = enroll(&store, &i).await
+    else {
+        panic!("enrollment failed")
+    };
+    assert_eq!(state, MachineState::Pending);
+    let version = store
+        .get_machine(machine_id)
+        .await
+        .expect("get")
+        .expect("exists")
+        .version;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.set_machine_state(machine_id, version, MachineState::Discovered)
+                .await
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        if let Cas::Done(v) = t.await.expect("join").expect("cas") {
+            assert_eq!(v, version + 1);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 1, "exactly one compare-and-set wins");
+    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    assert_eq!(m.state, MachineState::Discovered);
+    assert_eq!(
+        store
+            .set_machine_state(uuid::Uuid::new_v4(), 1, MachineState::Pending)
+            .await
+            .expect("cas"),
+        Cas::Conflict,
+        "an unknown machine is a conflict, not an error"
+    );
+}
+
+/// Unknown, expired and wrong-MAC tokens are refused and consume nothing.
+pub async fn refused_tokens_change_nothing(store: Arc<dyn Store>) {
+    add_token(&store, "old", 5, Duration::seconds(-1), None).await;
+    add_token(&store, "bound", 1, Duration::hours(1), Some("52:54:00:aa:bb:cc")).await;
+    let cases = [
+        ("nope", TokenRefusal::Unknown),
+        ("old", TokenRefusal::Expired),
+        ("bound", TokenRefusal::WrongMac),
+    ];
+    for (hash, want) in cases {
+        match enroll(&store, &input(hash, hints(3), "b")).await {
+            EnrollOutcome::TokenRefused(r) => assert_eq!(r, want, "token {hash}"),
+            other => panic!("token {hash}: unexpected {other:?}"),
+        }
+    }
+    assert!(store.list_machines().await.expect("list").is_empty());
+    // The bound token still works for the machine that has the MAC.
+    let mut h = hints(3);
+    h.macs.push(Nic {
+        mac: "52:54:00:aa:bb:cc".into(),
+        bus: Some("pci".into()),
+    });
+    assert!(matches!(
+        enroll(&store, &input("bound", h, "b")).await,
+        EnrollOutcome::Enrolled { .. }
+    ));
+}
+
+/// UUID of one machine with the MAC of another: held back, no record merged, token kept.
+pub async fn quarantine_keeps_the_token_and_both_records(store: Arc<dyn Store>) {
+    add_token(&store, "q", 3, Duration::hours(1), None).await;
+    assert!(matches!(enroll(&store, &input("q", hints(1), "b1")).await, EnrollOutcome::Enrolled { .. }));
+    assert!(matches!(enroll(&store, &input("q", hints(2), "b2")).await, EnrollOutcome::Enrolled { .. }));
+    let mut mixed = hints(1);
+    mixed.system_serial = None;
+    mixed.macs = hints(2).macs;
+    match enroll(&store, &input("q", mixed, "b3")).await {
+        EnrollOutcome::Quarantined { reason, .. } => assert!(!reason.is_empty()),
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+    let q = store.list_quarantine().await.expect("list");
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].candidates.len(), 2, "both records are named");
+    assert_eq!(store.list_machines().await.expect("list").len(), 2);
+    let tokens = store.list_bootstrap_tokens(now()).await.expect("list");
+    assert_eq!(tokens[0].uses_left, 1, "quarantine does not consume a use");
+}
+
+/// Enrolling twice with one kernel boot id records an alert; a new boot id does not.
+pub async fn reenrollment_in_the_same_boot_raises_an_alert(store: Arc<dyn Store>) {
+    add_token(&store, "r", 3, Duration::hours(1), None).await;
+    let EnrollOutcome::Enrolled { machine_id, .. } = enroll(&store, &input("r", hints(4), "boot-a")).await else {
+        panic!("enroll")
+    };
+    let EnrollOutcome::Enrolled { same_boot, .. } = enroll(&store, &input("r", hints(4), "boot-b")).await else {
+        panic!("enroll")
+    };
+    assert!(!same_boot);
+    let EnrollOutcome::Enrolled { same_boot, machine_id: again, .. } = enroll(&store, &input("r", hints(4), "boot-b")).await else {
+        panic!("enroll")
+    };
+    assert!(same_boot);
+    assert_eq!(again, machine_id);
+    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    assert_eq!(m.alerts.len(), 1);
+    assert_eq!(m.alerts[0].kind, "reenroll_same_boot");
+    assert_eq!(m.boot_id.as_deref(), Some("boot-b"));
+}
+
+/// Certificates are tracked per serial and revoked per machine.
+pub async fn revocation_and_certs(store: Arc<dyn Store>) {
+    add_token(&store, "c", 1, Duration::hours(1), None).await;
+    let EnrollOutcome::Enrolled { machine_id, cert, .. } = enroll(&store, &input("c", hints(5), "b")).await else {
+        panic!("enroll")
+    };
+    let rec = store.get_cert(&cert.serial).await.expect("get").expect("recorded");
+    assert_eq!(rec.machine_id, machine_id);
+    assert!(rec.revoked_at.is_none());
+    store
+        .insert_cert(&CertRecord {
+            serial: "renewed".into(),
+            machine_id,
+            not_after: now() + Duration::days(1),
+            revoked_at: None,
+        })
+        .await
+        .expect("insert");
+    assert_eq!(store.revoke_machine_certs(machine_id, now()).await.expect("revoke"), 2);
+    assert!(store.get_cert(&cert.serial).await.expect("get").expect("rec").revoked_at.is_some());
+    assert!(store.get_cert("renewed").await.expect("get").expect("rec").revoked_at.is_some());
+    assert_eq!(store.revoke_machine_certs(machine_id, now()).await.expect("revoke"), 0);
+    assert!(store.get_cert("unknown").await.expect("get").is_none());
+}
+
+/// Heartbeats update last-seen (never backwards) and status; inventory round-trips.
+pub async fn heartbeats_and_inventory(store: Arc<dyn Store>) {
+    add_token(&store, "h", 1, Duration::hours(1), None).await;
+    let EnrollOutcome::Enrolled { machine_id, .. } = enroll(&store, &input("h", hints(6), "b")).await else {
+        panic!("enroll")
+    };
+    let later = now() + Duration::minutes(5);
+    store
+        .record_heartbeats(&[
+            Heartbeat { machine_id, status: "second".into(), at: later },
+            Heartbeat { machine_id, status: "first".into(), at: later - Duration::minutes(1) },
+        ])
+        .await
+        .expect("heartbeats");
+    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    assert_eq!(super::to_ms(m.last_seen.expect("seen")), super::to_ms(later), "last_seen never goes back");
+    assert_eq!(m.status.as_deref(), Some("second"), "an older heartbeat does not overwrite status");
+    let inv = Inventory {
+        system: Some(System {
+            serial: Some("SRV-000006".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.put_inventory(machine_id, &inv, now()).await.expect("inventory");
+    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    assert_eq!(m.inventory.as_ref(), Some(&inv));
+    assert!(m.inventory_at.is_some());
+}
