@@ -1,0 +1,161 @@
+//! The `anneal` operator CLI, run as a real process against a server on loopback.
+
+use std::process::Command;
+
+use anneal_server::config::{Config, ServeArgs};
+use anneal_server::identity::Evidence;
+use anneal_server::store::{EnrollInput, EnrollOutcome, SignedCert};
+use anneal_shared::inventory::{Cpu, Inventory, Memory, System};
+use anneal_shared::protocol::{IdentityHints, Nic};
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn anneal(dir: &std::path::Path, server: &str, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_anneal"))
+        .args(args)
+        .env("ANNEAL_SERVER", server)
+        .env("ANNEAL_DATA_DIR", dir)
+        .env_remove("ANNEAL_TOKEN")
+        .env_remove("ANNEAL_CA")
+        .output()
+        .expect("run anneal");
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_lists_shows_approves_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::resolve(&ServeArgs {
+        data_dir: Some(dir.path().to_path_buf()),
+        api_listen: Some("127.0.0.1:0".parse().unwrap()),
+        agent_listen: Some("127.0.0.1:0".parse().unwrap()),
+        advertise: Some(vec!["127.0.0.1".into()]),
+        require_approval: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let running = anneal_server::serve::start(config).await.unwrap();
+    let url = format!("https://127.0.0.1:{}", running.api_addr.port());
+    let d = dir.path().to_path_buf();
+
+    let empty = tokio::task::spawn_blocking({
+        let (d, url) = (d.clone(), url.clone());
+        move || anneal(&d, &url, &["machines", "ls"])
+    })
+    .await
+    .unwrap();
+    assert!(empty.ok, "{}", empty.stderr);
+    assert!(empty.stdout.contains("no machines yet"));
+
+    // A token through the CLI, then a machine enrolled with it (straight into the store).
+    let created = tokio::task::spawn_blocking({
+        let (d, url) = (d.clone(), url.clone());
+        move || anneal(&d, &url, &["tokens", "create", "--uses", "2", "--ttl", "10m", "-o", "json"])
+    })
+    .await
+    .unwrap();
+    assert!(created.ok, "{}", created.stderr);
+    let token: serde_json::Value = serde_json::from_str(&created.stdout).unwrap();
+    let secret = token["token"].as_str().unwrap().to_string();
+    assert_eq!(token["uses_left"], 2);
+
+    let hints = IdentityHints {
+        system_uuid: Some("8d2f1e2a-1b3c-4d5e-8f60-718293a4b5c6".into()),
+        system_serial: Some("CLI-SRV-1".into()),
+        product: Some("Rack Server A".into()),
+        macs: vec![Nic {
+            mac: "52:54:00:ab:cd:ef".into(),
+            bus: Some("pci".into()),
+        }],
+        ..Default::default()
+    };
+    let input = EnrollInput {
+        token_hash: anneal_server::tokens::hash_secret(&secret),
+        evidence: Evidence::from_hints(&hints),
+        macs: vec!["52:54:00:ab:cd:ef".into()],
+        hints,
+        boot_id: "b".into(),
+        hostname: Some("node-1".into()),
+        require_approval: true,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let sign = |_id| {
+        Ok(SignedCert {
+            cert_pem: String::new(),
+            serial: "01".into(),
+            not_after: time::OffsetDateTime::now_utc(),
+        })
+    };
+    let EnrollOutcome::Enrolled { machine_id, .. } = running.app.store.enroll(&input, &sign).await.unwrap() else {
+        panic!("enroll")
+    };
+    let inv = Inventory {
+        system: Some(System {
+            manufacturer: Some("Anneal Test".into()),
+            product: Some("Rack Server A".into()),
+            serial: Some("CLI-SRV-1".into()),
+            ..Default::default()
+        }),
+        cpu: Some(Cpu {
+            logical_cpus: 4,
+            ..Default::default()
+        }),
+        memory: Some(Memory {
+            total_bytes: 2 << 30,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    running
+        .app
+        .store
+        .put_inventory(machine_id, &inv, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+
+    let run = |args: Vec<String>| {
+        let (d, url) = (d.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            anneal(&d, &url, &a)
+        })
+    };
+    let ls = run(vec!["machines".into(), "ls".into()]).await.unwrap();
+    assert!(ls.ok, "{}", ls.stderr);
+    assert!(ls.stdout.starts_with("ID"), "{}", ls.stdout);
+    assert!(ls.stdout.contains("CLI-SRV-1") && ls.stdout.contains("pending"), "{}", ls.stdout);
+    assert!(ls.stdout.contains("2.0 GiB"), "{}", ls.stdout);
+
+    let yaml = run(vec!["machines".into(), "ls".into(), "-o".into(), "yaml".into()]).await.unwrap();
+    assert!(yaml.stdout.contains("serial: CLI-SRV-1"), "{}", yaml.stdout);
+
+    let prefix = machine_id.to_string()[..8].to_string();
+    let show = run(vec!["machines".into(), "show".into(), prefix.clone()]).await.unwrap();
+    assert!(show.ok, "{}", show.stderr);
+    assert!(show.stdout.contains("Rack Server A") && show.stdout.contains("4 x"), "{}", show.stdout);
+
+    let approve = run(vec!["machines".into(), "approve".into(), prefix.clone()]).await.unwrap();
+    assert!(approve.ok && approve.stdout.contains("approved"), "{}{}", approve.stdout, approve.stderr);
+    let again = run(vec!["machines".into(), "approve".into(), prefix]).await.unwrap();
+    assert!(!again.ok, "approving twice fails");
+    assert!(again.stderr.contains("not pending") && again.stderr.contains("409"), "{}", again.stderr);
+
+    let missing = run(vec!["machines".into(), "show".into(), "ffffffff".into()]).await.unwrap();
+    assert!(!missing.ok && missing.stderr.contains("no machine id starts with"), "{}", missing.stderr);
+
+    let wrong = run(vec!["machines".into(), "ls".into(), "--token".into(), "anl_api_wrong".into()]).await.unwrap();
+    assert!(!wrong.ok && wrong.stderr.contains("unknown API token"), "{}", wrong.stderr);
+
+    let unreachable = run(vec!["machines".into(), "ls".into(), "--server".into(), "https://127.0.0.1:1".into()]).await.unwrap();
+    assert!(!unreachable.ok && unreachable.stderr.contains("cannot reach the server"), "{}", unreachable.stderr);
+
+    running.stop().await;
+}
