@@ -35,6 +35,7 @@ impl MachineState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MachineSummary {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: MachineId,
     pub state: MachineState,
     pub hostname: Option<String>,
@@ -57,6 +58,7 @@ pub struct MachineSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Machine {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: MachineId,
     pub state: MachineState,
     /// Identity evidence the server holds for this machine.
@@ -138,6 +140,7 @@ pub struct QuarantinedEnrollment {
     pub id: String,
     pub identity: IdentityHints,
     /// Machines whose records the evidence points at.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub candidates: Vec<MachineId>,
     pub reason: String,
     pub boot_id: String,
