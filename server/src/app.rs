@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::heartbeat::HeartbeatSink;
 use crate::pki::{Ca, IssuedCert, MasterKey};
-use crate::store::{self, ApiTokenRecord, Store};
+use crate::store::{self, Store};
 use crate::tokens;
 
 /// Everything request handlers share.

@@ -72,7 +72,7 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
         system_serial: Some("CLI-SRV-1".into()),
         product: Some("Rack Server A".into()),
         macs: vec![Nic {
-            mac: "52:54:00:ab:cd:ef".into(),
+            mac: "00:1b:21:ab:cd:ef".into(),
             bus: Some("pci".into()),
         }],
         ..Default::default()
@@ -80,7 +80,7 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
     let input = EnrollInput {
         token_hash: anneal_server::tokens::hash_secret(&secret),
         evidence: Evidence::from_hints(&hints),
-        macs: vec!["52:54:00:ab:cd:ef".into()],
+        macs: vec!["00:1b:21:ab:cd:ef".into()],
         hints,
         boot_id: "b".into(),
         hostname: Some("node-1".into()),

@@ -121,7 +121,7 @@ pub fn hints(n: u32) -> IdentityHints {
         manufacturer: Some("Anneal Test".into()),
         product: Some("Virtual Rack Server".into()),
         macs: vec![Nic {
-            mac: format!("52:54:00:12:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
+            mac: format!("00:1b:21:12:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
             bus: Some("pci".into()),
         }],
     }

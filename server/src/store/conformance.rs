@@ -41,7 +41,7 @@ fn hints(n: u32) -> IdentityHints {
         system_uuid: Some(format!("6f1c2a3b-0000-4000-8000-{n:012x}")),
         system_serial: Some(format!("SRV-{n:06}")),
         macs: vec![Nic {
-            mac: format!("52:54:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
+            mac: format!("00:1b:21:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
             bus: Some("pci".into()),
         }],
         ..Default::default()
@@ -220,7 +220,7 @@ pub async fn machine_state_cas_has_one_winner(store: Arc<dyn Store>) {
 /// Unknown, expired and wrong-MAC tokens are refused and consume nothing.
 pub async fn refused_tokens_change_nothing(store: Arc<dyn Store>) {
     add_token(&store, "old", 5, Duration::seconds(-1), None).await;
-    add_token(&store, "bound", 1, Duration::hours(1), Some("52:54:00:aa:bb:cc")).await;
+    add_token(&store, "bound", 1, Duration::hours(1), Some("00:1b:21:aa:bb:cc")).await;
     let cases = [
         ("nope", TokenRefusal::Unknown),
         ("old", TokenRefusal::Expired),
@@ -236,7 +236,7 @@ pub async fn refused_tokens_change_nothing(store: Arc<dyn Store>) {
     // The bound token still works for the machine that has the MAC.
     let mut h = hints(3);
     h.macs.push(Nic {
-        mac: "52:54:00:aa:bb:cc".into(),
+        mac: "00:1b:21:aa:bb:cc".into(),
         bus: Some("pci".into()),
     });
     assert!(matches!(
