@@ -91,7 +91,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             let url = a
                 .server
                 .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
-                .context("no server URL: give --server or anneal.url= on the kernel command line")?;
+                .context(
+                    "no server URL: give --server or anneal.url= on the kernel command line",
+                )?;
             let ca_fingerprint = a
                 .ca_fingerprint
                 .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
@@ -99,11 +101,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             let token = a
                 .token
                 .or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN))
-                .context("no bootstrap token: give --token or anneal.token= on the kernel command line")?;
+                .context(
+                    "no bootstrap token: give --token or anneal.token= on the kernel command line",
+                )?;
             let clock = match a.fake_clock {
                 Some(t) => {
-                    let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-                        .with_context(|| format!("--fake-clock {t:?} is not RFC 3339"))?;
+                    let t = time::OffsetDateTime::parse(
+                        &t,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .with_context(|| format!("--fake-clock {t:?} is not RFC 3339"))?;
                     Clock::fake((t.unix_timestamp_nanos() / 1_000_000) as i64)
                 }
                 None => Clock::system(),

@@ -97,8 +97,10 @@ async fn exchange<T: DeserializeOwned>(
     url: &str,
     req: reqwest::RequestBuilder,
 ) -> Result<T, ClientError> {
-    let res = req.send().await.map_err(|source| {
-        match pin.last_mismatch() {
+    let res = req
+        .send()
+        .await
+        .map_err(|source| match pin.last_mismatch() {
             Some(presented) => ClientError::FingerprintMismatch {
                 url: url.to_string(),
                 expected: String::new(),
@@ -108,8 +110,7 @@ async fn exchange<T: DeserializeOwned>(
                 url: url.to_string(),
                 source,
             },
-        }
-    })?;
+        })?;
     let status = res.status();
     let bytes = res.bytes().await.map_err(|source| ClientError::Transport {
         url: url.to_string(),
@@ -148,7 +149,10 @@ impl Enroller {
         let fp = parse_fingerprint(fingerprint)
             .ok_or_else(|| ClientError::BadFingerprint(fingerprint.to_string()))?;
         let pin = PinnedCa::new(fp, clock.clone());
-        let http = http_client(pin.client_config(None).map_err(|e| ClientError::Crypto(e.to_string()))?)?;
+        let http = http_client(
+            pin.client_config(None)
+                .map_err(|e| ClientError::Crypto(e.to_string()))?,
+        )?;
         Ok(Enroller {
             base: url.trim_end_matches('/').to_string(),
             fingerprint: fingerprint.to_string(),
@@ -204,10 +208,9 @@ impl Enroller {
             hostname: hostname.to_string(),
         };
         let url = format!("{}{}", self.base, protocol::PATH_ENROLL);
-        let res: EnrollResponse =
-            exchange(&self.pin, &url, self.http.post(&url).json(&req))
-                .await
-                .map_err(|e| self.fix_mismatch(e))?;
+        let res: EnrollResponse = exchange(&self.pin, &url, self.http.post(&url).json(&req))
+            .await
+            .map_err(|e| self.fix_mismatch(e))?;
         Session::new(
             self.pin.clone(),
             self.clock.clone(),
@@ -294,8 +297,12 @@ impl Session {
             boot_id: self.boot_id.clone(),
             status: status.to_string(),
         };
-        self.call(reqwest::Method::POST, &protocol::path_heartbeat(self.machine_id), Some(&body))
-            .await
+        self.call(
+            reqwest::Method::POST,
+            &protocol::path_heartbeat(self.machine_id),
+            Some(&body),
+        )
+        .await
     }
 
     /// Send the inventory.
@@ -306,15 +313,23 @@ impl Session {
             inventory: inventory.clone(),
         };
         let _: serde_json::Value = self
-            .call(reqwest::Method::PUT, &protocol::path_inventory(self.machine_id), Some(&body))
+            .call(
+                reqwest::Method::PUT,
+                &protocol::path_inventory(self.machine_id),
+                Some(&body),
+            )
             .await?;
         Ok(())
     }
 
     /// Our own record as the server holds it.
     pub async fn own_record(&self) -> Result<Machine, ClientError> {
-        self.call::<(), _>(reqwest::Method::GET, &protocol::path_machine(self.machine_id), None)
-            .await
+        self.call::<(), _>(
+            reqwest::Method::GET,
+            &protocol::path_machine(self.machine_id),
+            None,
+        )
+        .await
     }
 
     /// GET any agent-API path (tests use it to probe authorization).
@@ -337,7 +352,11 @@ impl Session {
             csr_pem,
         };
         let res: RenewResponse = self
-            .call(reqwest::Method::POST, &protocol::path_renew(self.machine_id), Some(&body))
+            .call(
+                reqwest::Method::POST,
+                &protocol::path_renew(self.machine_id),
+                Some(&body),
+            )
             .await?;
         self.http = mtls_client(&self.pin, &key, &res.cert_pem)?;
         self.not_after = res.not_after;
@@ -346,7 +365,11 @@ impl Session {
     }
 }
 
-fn mtls_client(pin: &Arc<PinnedCa>, key: &KeyPair, cert_pem: &str) -> Result<reqwest::Client, ClientError> {
+fn mtls_client(
+    pin: &Arc<PinnedCa>,
+    key: &KeyPair,
+    cert_pem: &str,
+) -> Result<reqwest::Client, ClientError> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| ClientError::Crypto(format!("certificate PEM: {e}")))?;

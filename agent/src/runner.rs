@@ -86,7 +86,12 @@ async fn collect(cfg: &RunConfig) -> anneal_shared::inventory::Inventory {
 }
 
 /// Enroll, retrying what can be retried.
-async fn enroll_until_done(cfg: &RunConfig, enroller: &Enroller, inv: &anneal_shared::inventory::Inventory, boot_id: &str) -> Result<Session> {
+async fn enroll_until_done(
+    cfg: &RunConfig,
+    enroller: &Enroller,
+    inv: &anneal_shared::inventory::Inventory,
+    boot_id: &str,
+) -> Result<Session> {
     let hints = inventory::identity_hints(inv);
     let hostname = inv
         .os
@@ -95,9 +100,13 @@ async fn enroll_until_done(cfg: &RunConfig, enroller: &Enroller, inv: &anneal_sh
         .unwrap_or_default();
     let mut backoff = Backoff::new(Duration::from_secs(60));
     loop {
-        match enroller.enroll(&cfg.token, hints.clone(), boot_id, &hostname).await {
+        match enroller
+            .enroll(&cfg.token, hints.clone(), boot_id, &hostname)
+            .await
+        {
             Ok(s) => return Ok(s),
-            Err(e @ ClientError::FingerprintMismatch { .. }) | Err(e @ ClientError::BadFingerprint(_)) => {
+            Err(e @ ClientError::FingerprintMismatch { .. })
+            | Err(e @ ClientError::BadFingerprint(_)) => {
                 return Err(e).context("enrollment");
             }
             Err(e) if cfg.once && !e.is_transient() => return Err(e).context("enrollment"),
@@ -143,7 +152,11 @@ pub async fn run(cfg: RunConfig, clock: Arc<Clock>) -> Result<()> {
             match session.send_inventory(&inv).await {
                 Ok(()) => {
                     inventory_sent = true;
-                    tracing::info!(disks = inv.disks.len(), nics = inv.nics.len(), "inventory sent");
+                    tracing::info!(
+                        disks = inv.disks.len(),
+                        nics = inv.nics.len(),
+                        "inventory sent"
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "sending the inventory failed; will retry"),
             }
@@ -154,7 +167,11 @@ pub async fn run(cfg: RunConfig, clock: Arc<Clock>) -> Result<()> {
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
             }
         }
-        let status = if inventory_sent { "idle" } else { "reporting inventory" };
+        let status = if inventory_sent {
+            "idle"
+        } else {
+            "reporting inventory"
+        };
         let wait = match session.heartbeat(status).await {
             Ok(hb) => {
                 backoff.reset();

@@ -53,7 +53,10 @@ impl PinnedCa {
         self.mismatch.lock().ok().and_then(|m| m.clone())
     }
 
-    fn verifier_for(&self, ca: &CertificateDer<'_>) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    fn verifier_for(
+        &self,
+        ca: &CertificateDer<'_>,
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
         if let Some(v) = self.inner.get() {
             return Ok(v.clone());
         }
@@ -69,7 +72,10 @@ impl PinnedCa {
     /// when `identity` is given.
     pub fn client_config(
         self: &Arc<Self>,
-        identity: Option<(Vec<CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>)>,
+        identity: Option<(
+            Vec<CertificateDer<'static>>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+        )>,
     ) -> Result<rustls::ClientConfig, rustls::Error> {
         let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -88,7 +94,9 @@ fn inside_validity(cert: &CertificateDer<'_>) -> Result<UnixTime, rustls::Error>
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let nb = parsed.validity().not_before.timestamp().max(0) as u64;
-    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(nb + 60)))
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        nb + 60,
+    )))
 }
 
 impl ServerCertVerifier for PinnedCa {
@@ -113,15 +121,22 @@ impl ServerCertVerifier for PinnedCa {
             if let Ok(mut m) = self.mismatch.lock() {
                 *m = Some(seen);
             }
-            return Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
         };
         let now = if self.clock.synced() {
             self.clock.now_unix()
         } else {
             inside_validity(end_entity)?
         };
-        self.verifier_for(ca)?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        self.verifier_for(ca)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -166,7 +181,10 @@ mod tests {
     #[test]
     fn fingerprint_forms() {
         let hex64 = "ab".repeat(32);
-        assert_eq!(parse_fingerprint(&format!("sha256:{hex64}")), Some([0xab; 32]));
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{hex64}")),
+            Some([0xab; 32])
+        );
         assert_eq!(parse_fingerprint(&hex64.to_uppercase()), Some([0xab; 32]));
         let colons = vec!["AB"; 32].join(":");
         assert_eq!(parse_fingerprint(&colons), Some([0xab; 32]));

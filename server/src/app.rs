@@ -60,15 +60,14 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Open everything `anneal serve` needs, creating it on first start.
 pub async fn prepare(config: Config) -> Result<Prepared> {
     create_private_dir(&config.data_dir)?;
-    let master = MasterKey::load_or_create(&config.data_dir.join(MASTER_KEY_FILE))
-        .context("master key")?;
+    let master =
+        MasterKey::load_or_create(&config.data_dir.join(MASTER_KEY_FILE)).context("master key")?;
     let store = store::open(&config.database)
         .await
         .with_context(|| format!("opening database {}", config.database))?;
     let now = OffsetDateTime::now_utc();
     let ca = load_or_create_ca(store.as_ref(), &master, now).await?;
-    std::fs::write(config.data_dir.join(CA_FILE), ca.cert_pem())
-        .context("writing ca.pem")?;
+    std::fs::write(config.data_dir.join(CA_FILE), ca.cert_pem()).context("writing ca.pem")?;
 
     // Exactly one server, the first to start on this database, makes the admin token.
     let mut first_admin_token = None;
@@ -98,7 +97,11 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     })
 }
 
-async fn load_or_create_ca(store: &dyn Store, master: &MasterKey, now: OffsetDateTime) -> Result<Ca> {
+async fn load_or_create_ca(
+    store: &dyn Store,
+    master: &MasterKey,
+    now: OffsetDateTime,
+) -> Result<Ca> {
     if store.get_setting(CA_SETTING).await?.is_none() {
         let ca = Ca::generate("Anneal CA", now).context("generating the CA")?;
         let stored = StoredCa {

@@ -122,7 +122,11 @@ impl Config {
                 .or(file.client_cert_secs)
                 .unwrap_or(86_400)
                 .max(300),
-            heartbeat_secs: args.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(10).max(1),
+            heartbeat_secs: args
+                .heartbeat_secs
+                .or(file.heartbeat_secs)
+                .unwrap_or(10)
+                .max(1),
             data_dir,
         })
     }

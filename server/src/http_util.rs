@@ -56,6 +56,9 @@ mod tests {
         h.insert("host", "anneal.lab".parse().unwrap());
         assert_eq!(request_host(&h, &uri).as_deref(), Some("anneal.lab"));
         let uri: Uri = "https://srv:8443/x".parse().unwrap();
-        assert_eq!(request_host(&HeaderMap::new(), &uri).as_deref(), Some("srv"));
+        assert_eq!(
+            request_host(&HeaderMap::new(), &uri).as_deref(),
+            Some("srv")
+        );
     }
 }

@@ -83,7 +83,9 @@ async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, Json<serde_json::V
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "store": app.store.engine(), "error": e.to_string()})),
+            Json(
+                serde_json::json!({"status": "unavailable", "store": app.store.engine(), "error": e.to_string()}),
+            ),
         ),
     }
 }
@@ -97,9 +99,13 @@ fn api_router(app: Arc<App>) -> Router {
         .merge(crate::api::router(app.clone()))
         .merge(crate::enroll::router(app))
         .fallback(problem::not_found)
-        .layer(axum::middleware::from_fn(crate::http_util::stamp_server_time))
+        .layer(axum::middleware::from_fn(
+            crate::http_util::stamp_server_time,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(problem::ApiError::internal("handler panicked"))
+            axum::response::IntoResponse::into_response(problem::ApiError::internal(
+                "handler panicked",
+            ))
         }))
 }
 
@@ -160,11 +166,18 @@ pub async fn run(config: Config) -> Result<()> {
     let ca_fp = running.app.ca.fingerprint();
     eprintln!("anneal is serving");
     eprintln!("  operator API + enrollment: https://{}", running.api_addr);
-    eprintln!("  agent API (mutual TLS):    https://{}", running.agent_addr);
+    eprintln!(
+        "  agent API (mutual TLS):    https://{}",
+        running.agent_addr
+    );
     eprintln!("  CA fingerprint:            {ca_fp}");
     if let Some(token) = &running.first_admin_token {
         eprintln!();
-        eprintln!("  First start: admin API token (shown once; also in {}/{}, mode 0600):", data_dir.display(), app::ADMIN_TOKEN_FILE);
+        eprintln!(
+            "  First start: admin API token (shown once; also in {}/{}, mode 0600):",
+            data_dir.display(),
+            app::ADMIN_TOKEN_FILE
+        );
         eprintln!("  {token}");
     }
     wait_for_signal().await;

@@ -58,7 +58,15 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
     // A token through the CLI, then a machine enrolled with it (straight into the store).
     let created = tokio::task::spawn_blocking({
         let (d, url) = (d.clone(), url.clone());
-        move || anneal(&d, &url, &["tokens", "create", "--uses", "2", "--ttl", "10m", "-o", "json"])
+        move || {
+            anneal(
+                &d,
+                &url,
+                &[
+                    "tokens", "create", "--uses", "2", "--ttl", "10m", "-o", "json",
+                ],
+            )
+        }
     })
     .await
     .unwrap();
@@ -94,7 +102,9 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
             not_after: time::OffsetDateTime::now_utc(),
         })
     };
-    let EnrollOutcome::Enrolled { machine_id, .. } = running.app.store.enroll(&input, &sign).await.unwrap() else {
+    let EnrollOutcome::Enrolled { machine_id, .. } =
+        running.app.store.enroll(&input, &sign).await.unwrap()
+    else {
         panic!("enroll")
     };
     let inv = Inventory {
@@ -131,31 +141,89 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
     let ls = run(vec!["machines".into(), "ls".into()]).await.unwrap();
     assert!(ls.ok, "{}", ls.stderr);
     assert!(ls.stdout.starts_with("ID"), "{}", ls.stdout);
-    assert!(ls.stdout.contains("CLI-SRV-1") && ls.stdout.contains("pending"), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains("CLI-SRV-1") && ls.stdout.contains("pending"),
+        "{}",
+        ls.stdout
+    );
     assert!(ls.stdout.contains("2.0 GiB"), "{}", ls.stdout);
 
-    let yaml = run(vec!["machines".into(), "ls".into(), "-o".into(), "yaml".into()]).await.unwrap();
+    let yaml = run(vec![
+        "machines".into(),
+        "ls".into(),
+        "-o".into(),
+        "yaml".into(),
+    ])
+    .await
+    .unwrap();
     assert!(yaml.stdout.contains("serial: CLI-SRV-1"), "{}", yaml.stdout);
 
     let prefix = machine_id.to_string()[..8].to_string();
-    let show = run(vec!["machines".into(), "show".into(), prefix.clone()]).await.unwrap();
+    let show = run(vec!["machines".into(), "show".into(), prefix.clone()])
+        .await
+        .unwrap();
     assert!(show.ok, "{}", show.stderr);
-    assert!(show.stdout.contains("Rack Server A") && show.stdout.contains("4 x"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("Rack Server A") && show.stdout.contains("4 x"),
+        "{}",
+        show.stdout
+    );
 
-    let approve = run(vec!["machines".into(), "approve".into(), prefix.clone()]).await.unwrap();
-    assert!(approve.ok && approve.stdout.contains("approved"), "{}{}", approve.stdout, approve.stderr);
-    let again = run(vec!["machines".into(), "approve".into(), prefix]).await.unwrap();
+    let approve = run(vec!["machines".into(), "approve".into(), prefix.clone()])
+        .await
+        .unwrap();
+    assert!(
+        approve.ok && approve.stdout.contains("approved"),
+        "{}{}",
+        approve.stdout,
+        approve.stderr
+    );
+    let again = run(vec!["machines".into(), "approve".into(), prefix])
+        .await
+        .unwrap();
     assert!(!again.ok, "approving twice fails");
-    assert!(again.stderr.contains("not pending") && again.stderr.contains("409"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("not pending") && again.stderr.contains("409"),
+        "{}",
+        again.stderr
+    );
 
-    let missing = run(vec!["machines".into(), "show".into(), "ffffffff".into()]).await.unwrap();
-    assert!(!missing.ok && missing.stderr.contains("no machine id starts with"), "{}", missing.stderr);
+    let missing = run(vec!["machines".into(), "show".into(), "ffffffff".into()])
+        .await
+        .unwrap();
+    assert!(
+        !missing.ok && missing.stderr.contains("no machine id starts with"),
+        "{}",
+        missing.stderr
+    );
 
-    let wrong = run(vec!["machines".into(), "ls".into(), "--token".into(), "anl_api_wrong".into()]).await.unwrap();
-    assert!(!wrong.ok && wrong.stderr.contains("unknown API token"), "{}", wrong.stderr);
+    let wrong = run(vec![
+        "machines".into(),
+        "ls".into(),
+        "--token".into(),
+        "anl_api_wrong".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        !wrong.ok && wrong.stderr.contains("unknown API token"),
+        "{}",
+        wrong.stderr
+    );
 
-    let unreachable = run(vec!["machines".into(), "ls".into(), "--server".into(), "https://127.0.0.1:1".into()]).await.unwrap();
-    assert!(!unreachable.ok && unreachable.stderr.contains("cannot reach the server"), "{}", unreachable.stderr);
+    let unreachable = run(vec![
+        "machines".into(),
+        "ls".into(),
+        "--server".into(),
+        "https://127.0.0.1:1".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        !unreachable.ok && unreachable.stderr.contains("cannot reach the server"),
+        "{}",
+        unreachable.stderr
+    );
 
     running.stop().await;
 }

@@ -20,7 +20,9 @@ fn client(server: &TestServer, identity: Option<(String, KeyPair)>) -> reqwest::
         Some((pem, key)) => {
             let chain: Vec<CertificateDer<'static>> = rustls_pemfile_certs(&pem);
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            builder.with_client_auth_cert(chain, key).expect("client cert")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
         }
         None => builder.with_no_client_auth(),
     };
@@ -47,7 +49,10 @@ fn key_and_csr() -> (KeyPair, String) {
 }
 
 fn agent_url(server: &TestServer, path: &str) -> String {
-    format!("https://127.0.0.1:{}{path}", server.running.agent_addr.port())
+    format!(
+        "https://127.0.0.1:{}{path}",
+        server.running.agent_addr.port()
+    )
 }
 
 #[tokio::test]
@@ -62,7 +67,7 @@ async fn a_machine_reaches_only_its_own_record() {
         protocol::path_inventory(b.machine_id),
         protocol::path_renew(b.machine_id),
     ] {
-        let err = a.get_raw(&path).await.err().expect("refused");
+        let err = a.get_raw(&path).await.expect_err("refused");
         assert!(
             matches!(&err, ClientError::Problem { status: 403, .. }),
             "{path}: {err}"
@@ -79,7 +84,10 @@ async fn no_certificate_is_refused_at_the_tls_layer() {
         .get(agent_url(&server, &protocol::path_machine(a.machine_id)))
         .send()
         .await;
-    assert!(res.is_err(), "no client certificate must not get an HTTP answer: {res:?}");
+    assert!(
+        res.is_err(),
+        "no client certificate must not get an HTTP answer: {res:?}"
+    );
     // The operator listener, by contrast, never asks a browser for a certificate.
     let health = server
         .http()
@@ -98,7 +106,12 @@ async fn a_certificate_from_another_ca_is_refused() {
     let other = Ca::generate("Impostor CA", OffsetDateTime::now_utc()).expect("ca");
     let (key, csr) = key_and_csr();
     let cert = other
-        .sign_client_csr(&csr, a.machine_id, OffsetDateTime::now_utc(), Duration::hours(1))
+        .sign_client_csr(
+            &csr,
+            a.machine_id,
+            OffsetDateTime::now_utc(),
+            Duration::hours(1),
+        )
         .expect("sign");
     let res = client(&server, Some((cert.cert_pem, key)))
         .get(agent_url(&server, &protocol::path_machine(a.machine_id)))
@@ -125,7 +138,10 @@ async fn an_expired_certificate_is_refused() {
         .get(agent_url(&server, &protocol::path_machine(a.machine_id)))
         .send()
         .await;
-    assert!(res.is_err(), "expired certificate must fail the handshake: {res:?}");
+    assert!(
+        res.is_err(),
+        "expired certificate must fail the handshake: {res:?}"
+    );
     server.stop().await;
 }
 
@@ -138,7 +154,12 @@ async fn a_valid_certificate_that_is_not_on_record_is_refused() {
         .running
         .app
         .ca
-        .sign_client_csr(&csr, a.machine_id, OffsetDateTime::now_utc(), Duration::hours(1))
+        .sign_client_csr(
+            &csr,
+            a.machine_id,
+            OffsetDateTime::now_utc(),
+            Duration::hours(1),
+        )
         .expect("sign");
     let res = client(&server, Some((cert.cert_pem, key)))
         .get(agent_url(&server, &protocol::path_machine(a.machine_id)))
@@ -154,18 +175,31 @@ async fn revocation_takes_effect_on_a_kept_alive_connection() {
     let server = TestServer::start().await;
     let a = Arc::new(server.enroll(hints(1), "b").await);
     let b = server.enroll(hints(2), "b").await;
-    a.heartbeat("before").await.expect("works before revocation");
+    a.heartbeat("before")
+        .await
+        .expect("works before revocation");
     let res = server
         .http()
-        .post(format!("{}/api/v1/machines/{}/revoke", server.api_url, a.machine_id))
+        .post(format!(
+            "{}/api/v1/machines/{}/revoke",
+            server.api_url, a.machine_id
+        ))
         .bearer_auth(&server.admin_token)
         .send()
         .await
         .expect("revoke");
     assert_eq!(res.status(), 200);
     // Same client, same pooled connection: the next request is refused.
-    let err = a.heartbeat("after").await.err().expect("refused after revoke");
-    assert!(matches!(&err, ClientError::Unauthorized(d) if d.contains("revoked")), "{err}");
-    b.heartbeat("unaffected").await.expect("other machines keep working");
+    let err = a
+        .heartbeat("after")
+        .await
+        .expect_err("refused after revoke");
+    assert!(
+        matches!(&err, ClientError::Unauthorized(d) if d.contains("revoked")),
+        "{err}"
+    );
+    b.heartbeat("unaffected")
+        .await
+        .expect("other machines keep working");
     server.stop().await;
 }

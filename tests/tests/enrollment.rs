@@ -28,7 +28,9 @@ async fn machines(server: &TestServer) -> Vec<serde_json::Value> {
 async fn enroll_report_inventory_and_heartbeat() {
     let server = TestServer::start().await;
     let session = server.enroll(hints(1), "boot-1").await;
-    assert!(session.agent_url.ends_with(&format!(":{}", server.running.agent_addr.port())));
+    assert!(session
+        .agent_url
+        .ends_with(&format!(":{}", server.running.agent_addr.port())));
 
     let hb = session.heartbeat("starting").await.expect("heartbeat");
     assert_eq!(hb.directive, Directive::SendInventory, "no inventory yet");
@@ -68,7 +70,10 @@ async fn a_reboot_is_the_same_record_and_a_same_boot_reenrollment_raises_an_aler
     let server = TestServer::start().await;
     let first = server.enroll(hints(2), "boot-a").await;
     let second = server.enroll(hints(2), "boot-b").await;
-    assert_eq!(first.machine_id, second.machine_id, "same machine after reboot");
+    assert_eq!(
+        first.machine_id, second.machine_id,
+        "same machine after reboot"
+    );
     let own = second.own_record().await.expect("record");
     assert_eq!(own.enrollments, 2);
     assert!(own.alerts.is_empty(), "a new boot id is a normal reboot");
@@ -76,7 +81,11 @@ async fn a_reboot_is_the_same_record_and_a_same_boot_reenrollment_raises_an_aler
     let third = server.enroll(hints(2), "boot-b").await;
     assert_eq!(third.machine_id, first.machine_id);
     let own = third.own_record().await.expect("record");
-    assert_eq!(own.alerts.len(), 1, "second enrollment within one boot is flagged");
+    assert_eq!(
+        own.alerts.len(),
+        1,
+        "second enrollment within one boot is flagged"
+    );
     assert_eq!(own.alerts[0].kind, "reenroll_same_boot");
     assert_eq!(machines(&server).await.len(), 1);
     server.stop().await;
@@ -98,8 +107,14 @@ async fn enroll_with_rtc(rtc_ms: i64) {
         clock.now_ms(),
         real_ms
     );
-    assert!((clock.local_ms() - rtc_ms).abs() < 60_000, "local clock stays wrong");
-    session.heartbeat("ok").await.expect("mutual TLS works with the corrected clock");
+    assert!(
+        (clock.local_ms() - rtc_ms).abs() < 60_000,
+        "local clock stays wrong"
+    );
+    session
+        .heartbeat("ok")
+        .await
+        .expect("mutual TLS works with the corrected clock");
     server.stop().await;
 }
 
@@ -138,11 +153,17 @@ async fn a_wrong_fingerprint_is_refused_with_a_clear_error() {
     let wrong = format!("sha256:{}", "00".repeat(32));
     let enroller = anneal_agent::client::Enroller::new(&server.api_url, &wrong, Clock::system())
         .expect("enroller");
-    let err = enroller.sync_clock().await.err().expect("must refuse");
+    let err = enroller.sync_clock().await.expect_err("must refuse");
     let text = err.to_string();
-    assert!(matches!(err, ClientError::FingerprintMismatch { .. }), "{text}");
+    assert!(
+        matches!(err, ClientError::FingerprintMismatch { .. }),
+        "{text}"
+    );
     assert!(text.contains("did not present the pinned CA"), "{text}");
-    assert!(text.contains(&server.fingerprint()), "names what was presented: {text}");
+    assert!(
+        text.contains(&server.fingerprint()),
+        "names what was presented: {text}"
+    );
 
     let bad = anneal_agent::client::Enroller::new(&server.api_url, "sha256:xyz", Clock::system());
     assert!(matches!(bad, Err(ClientError::BadFingerprint(_))));
@@ -158,14 +179,24 @@ async fn tokens_are_single_use_and_unknown_tokens_are_refused() {
         .enroll(&token, hints(5), "b", "h")
         .await
         .expect("first use");
-    let again = enroller.enroll(&token, hints(6), "b", "h").await.err().expect("used up");
-    assert!(matches!(&again, ClientError::TokenRefused(d) if d.contains("no uses left")), "{again}");
+    let again = enroller
+        .enroll(&token, hints(6), "b", "h")
+        .await
+        .err()
+        .expect("used up");
+    assert!(
+        matches!(&again, ClientError::TokenRefused(d) if d.contains("no uses left")),
+        "{again}"
+    );
     let unknown = enroller
         .enroll("anl_boot_nope", hints(6), "b", "h")
         .await
         .err()
         .expect("unknown");
-    assert!(matches!(&unknown, ClientError::TokenRefused(d) if d.contains("not recognised")), "{unknown}");
+    assert!(
+        matches!(&unknown, ClientError::TokenRefused(d) if d.contains("not recognised")),
+        "{unknown}"
+    );
     assert_eq!(machines(&server).await.len(), 1);
     server.stop().await;
 }
@@ -180,7 +211,10 @@ async fn approval_holds_new_machines_until_an_operator_approves() {
 
     let res = server
         .http()
-        .post(format!("{}/api/v1/machines/{}/approve", server.api_url, session.machine_id))
+        .post(format!(
+            "{}/api/v1/machines/{}/approve",
+            server.api_url, session.machine_id
+        ))
         .bearer_auth(&server.admin_token)
         .send()
         .await
@@ -192,7 +226,10 @@ async fn approval_holds_new_machines_until_an_operator_approves() {
 
     let res = server
         .http()
-        .post(format!("{}/api/v1/machines/{}/approve", server.api_url, session.machine_id))
+        .post(format!(
+            "{}/api/v1/machines/{}/approve",
+            server.api_url, session.machine_id
+        ))
         .bearer_auth(&server.admin_token)
         .send()
         .await
@@ -209,7 +246,10 @@ async fn renewal_gives_a_new_certificate_that_works() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     session.renew().await.expect("renew");
     assert!(session.not_after > before);
-    session.heartbeat("renewed").await.expect("new certificate accepted");
+    session
+        .heartbeat("renewed")
+        .await
+        .expect("new certificate accepted");
     server.stop().await;
 }
 

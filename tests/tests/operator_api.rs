@@ -17,8 +17,14 @@ async fn problem(res: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(ct, "application/problem+json");
     let v: serde_json::Value = res.json().await.expect("problem json");
     assert_eq!(v["status"], status);
-    assert!(v["type"].as_str().unwrap_or_default().starts_with("urn:anneal:problem:"));
-    assert!(!v["detail"].as_str().unwrap_or_default().is_empty(), "a detail says what was wrong");
+    assert!(v["type"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("urn:anneal:problem:"));
+    assert!(
+        !v["detail"].as_str().unwrap_or_default().is_empty(),
+        "a detail says what was wrong"
+    );
     v
 }
 
@@ -30,23 +36,48 @@ async fn bad_requests_get_problem_details_never_500() {
 
     problem(http.get(url("/api/v1/machines")).send().await.unwrap(), 401).await;
     problem(
-        http.get(url("/api/v1/machines")).bearer_auth("anl_api_wrong").send().await.unwrap(),
+        http.get(url("/api/v1/machines"))
+            .bearer_auth("anl_api_wrong")
+            .send()
+            .await
+            .unwrap(),
         401,
     )
     .await;
     problem(
-        http.get(url("/api/v1/machines")).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap(),
+        http.get(url("/api/v1/machines"))
+            .header("authorization", "Basic Zm9vOmJhcg==")
+            .send()
+            .await
+            .unwrap(),
         401,
     )
     .await;
     let auth = |r: reqwest::RequestBuilder| r.bearer_auth(&server.admin_token);
-    problem(auth(http.get(url("/api/v1/machines/not-a-uuid"))).send().await.unwrap(), 400).await;
     problem(
-        auth(http.get(url(&format!("/api/v1/machines/{}", uuid::Uuid::new_v4())))).send().await.unwrap(),
+        auth(http.get(url("/api/v1/machines/not-a-uuid")))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    problem(
+        auth(http.get(url(&format!("/api/v1/machines/{}", uuid::Uuid::new_v4()))))
+            .send()
+            .await
+            .unwrap(),
         404,
     )
     .await;
-    problem(auth(http.get(url("/api/v1/nothing-here"))).send().await.unwrap(), 404).await;
+    problem(
+        auth(http.get(url("/api/v1/nothing-here")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
     let malformed = auth(http.post(url("/api/v1/tokens")))
         .header("content-type", "application/json")
         .body("{\"uses\": ")
@@ -61,7 +92,11 @@ async fn bad_requests_get_problem_details_never_500() {
         .await
         .unwrap();
     problem(wrong_type, 422).await;
-    let no_ct = auth(http.post(url("/api/v1/tokens"))).body("{}").send().await.unwrap();
+    let no_ct = auth(http.post(url("/api/v1/tokens")))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     problem(no_ct, 415).await;
     let zero_ttl = auth(http.post(url("/api/v1/tokens")))
         .json(&serde_json::json!({"ttl_secs": 0}))
@@ -83,8 +118,15 @@ async fn bad_requests_get_problem_details_never_500() {
 async fn viewers_read_but_do_not_change() {
     let server = TestServer::start().await;
     let m = server.enroll(hints(1), "b").await;
-    let (secret, record) = new_api_token(Role::Viewer, "dashboard", time::OffsetDateTime::now_utc());
-    server.running.app.store.insert_api_token(&record).await.unwrap();
+    let (secret, record) =
+        new_api_token(Role::Viewer, "dashboard", time::OffsetDateTime::now_utc());
+    server
+        .running
+        .app
+        .store
+        .insert_api_token(&record)
+        .await
+        .unwrap();
     let http = server.http();
     let list = http
         .get(format!("{}/api/v1/machines", server.api_url))
@@ -152,7 +194,10 @@ async fn garbage_enrollments_are_4xx_and_the_server_stays_healthy() {
         assert!((400..500).contains(&s), "mutation {i} got {s}");
         *statuses.entry(s).or_insert(0) += 1;
     }
-    assert!(statuses.len() >= 2, "different mistakes, different answers: {statuses:?}");
+    assert!(
+        statuses.len() >= 2,
+        "different mistakes, different answers: {statuses:?}"
+    );
     // Old protocol versions are told so.
     let old = http
         .post(&url)
@@ -162,7 +207,11 @@ async fn garbage_enrollments_are_4xx_and_the_server_stays_healthy() {
         .unwrap();
     let p = problem(old, 400).await;
     assert!(p["detail"].as_str().unwrap().contains("too old"));
-    let health = http.get(format!("{}/healthz", server.api_url)).send().await.unwrap();
+    let health = http
+        .get(format!("{}/healthz", server.api_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     server.enroll(hints(9), "b").await;
     let metrics = http
@@ -173,7 +222,10 @@ async fn garbage_enrollments_are_4xx_and_the_server_stays_healthy() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("anneal_http_problems_total"), "bad input is counted");
+    assert!(
+        metrics.contains("anneal_http_problems_total"),
+        "bad input is counted"
+    );
     assert!(metrics.contains("anneal_enrollments_total"), "{metrics}");
     server.stop().await;
 }
@@ -199,6 +251,11 @@ async fn unknown_fields_from_a_newer_agent_are_tolerated() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
     server.stop().await;
 }

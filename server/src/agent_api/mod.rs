@@ -32,8 +32,14 @@ pub struct AgentIdentity {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/agent/v1/machines/{id}", get(handlers::own_record))
-        .route("/agent/v1/machines/{id}/heartbeat", post(handlers::heartbeat))
-        .route("/agent/v1/machines/{id}/inventory", put(handlers::inventory))
+        .route(
+            "/agent/v1/machines/{id}/heartbeat",
+            post(handlers::heartbeat),
+        )
+        .route(
+            "/agent/v1/machines/{id}/inventory",
+            put(handlers::inventory),
+        )
         .route("/agent/v1/machines/{id}/renew", post(handlers::renew))
         .fallback(problem::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
@@ -46,12 +52,15 @@ pub fn tls_config(app: &App, server: &IssuedCert) -> anyhow::Result<ServerConfig
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(app.ca.cert_der())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(crate::serve::server_chain(app, server)?, crate::serve::server_key(server)?)?;
+        .with_single_cert(
+            crate::serve::server_chain(app, server)?,
+            crate::serve::server_key(server)?,
+        )?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -62,7 +71,8 @@ async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let refused = |why: &str| {
-        metrics::counter!("anneal_agent_auth_refused_total", "reason" => why.to_string()).increment(1);
+        metrics::counter!("anneal_agent_auth_refused_total", "reason" => why.to_string())
+            .increment(1);
         ApiError::unauthorized(why.to_string())
     };
     let cert = req
@@ -87,7 +97,8 @@ async fn authenticate(
     if let Some(rest) = req.uri().path().strip_prefix("/agent/v1/machines/") {
         let segment = rest.split('/').next().unwrap_or_default();
         if segment.parse::<MachineId>().ok() != Some(ident.machine_id) {
-            metrics::counter!("anneal_agent_auth_refused_total", "reason" => "other machine").increment(1);
+            metrics::counter!("anneal_agent_auth_refused_total", "reason" => "other machine")
+                .increment(1);
             return Err(ApiError::forbidden(
                 "a machine may read and write only its own record",
             ));

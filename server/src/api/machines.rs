@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use anneal_shared::api::{Machine, MachineState, MachineSummary, Problem, QuarantinedEnrollment, Role};
+use anneal_shared::api::{
+    Machine, MachineState, MachineSummary, Problem, QuarantinedEnrollment, Role,
+};
 use anneal_shared::MachineId;
 use axum::extract::State;
 use axum::{Extension, Json};

@@ -8,9 +8,7 @@ mod tokens;
 
 use std::sync::Arc;
 
-use anneal_shared::api::{
-    Alert, Machine, MachineSummary, QuarantinedEnrollment,
-};
+use anneal_shared::api::{Alert, Machine, MachineSummary, QuarantinedEnrollment};
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
@@ -31,7 +29,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/machines/{id}/revoke", post(machines::revoke))
         .route("/api/v1/quarantine", get(machines::quarantine))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
-        .layer(middleware::from_fn_with_state(app.clone(), auth::authenticate))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::authenticate,
+        ))
         .with_state(app)
 }
 

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use anneal_shared::api::{BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, Problem, Role};
+use anneal_shared::api::{
+    BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, Problem, Role,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -84,6 +86,9 @@ pub async fn create(
     responses((status = 200, body = Vec<BootstrapToken>), (status = 401, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<BootstrapToken>>, ApiError> {
-    let tokens = app.store.list_bootstrap_tokens(OffsetDateTime::now_utc()).await?;
+    let tokens = app
+        .store
+        .list_bootstrap_tokens(OffsetDateTime::now_utc())
+        .await?;
     Ok(Json(tokens.into_iter().map(view).collect()))
 }

@@ -87,12 +87,11 @@ impl ApiClient {
         let bytes = res.bytes().await.context("reading the server's answer")?;
         if !status.is_success() {
             match serde_json::from_slice::<Problem>(&bytes) {
-                Ok(p) => bail!(
-                    "{} ({})",
-                    p.detail.unwrap_or(p.title),
-                    status.as_u16()
+                Ok(p) => bail!("{} ({})", p.detail.unwrap_or(p.title), status.as_u16()),
+                Err(_) => bail!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
                 ),
-                Err(_) => bail!("server answered {status}: {}", String::from_utf8_lossy(&bytes)),
             }
         }
         serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")

@@ -58,7 +58,12 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientOpts {
     /// Server URL.
-    #[arg(long, global = true, env = "ANNEAL_SERVER", default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        global = true,
+        env = "ANNEAL_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub server: String,
     /// API token [default: the admin token in DATA_DIR/admin.token].
     #[arg(long, global = true, env = "ANNEAL_TOKEN", hide_env_values = true)]
@@ -67,7 +72,12 @@ pub struct ClientOpts {
     #[arg(long, global = true, env = "ANNEAL_CA")]
     pub ca: Option<PathBuf>,
     /// Data directory of a local server, for the defaults above.
-    #[arg(long, global = true, env = "ANNEAL_DATA_DIR", default_value = "anneal-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "ANNEAL_DATA_DIR",
+        default_value = "anneal-data"
+    )]
     pub data_dir: PathBuf,
 }
 
@@ -148,7 +158,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Machines { conn, command } => machines(ApiClient::new(&conn)?, command).await,
         Command::Tokens { conn, command } => tokens(ApiClient::new(&conn)?, command).await,
         Command::Quarantine { conn, output } => {
-            let q: Vec<QuarantinedEnrollment> = ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
+            let q: Vec<QuarantinedEnrollment> =
+                ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
             output::quarantine(&q, output)
         }
     }
@@ -167,7 +178,10 @@ async fn resolve_id(api: &ApiClient, id: &str) -> Result<String> {
     match hits.as_slice() {
         [one] => Ok(one.id.to_string()),
         [] => bail!("no machine id starts with {id:?}"),
-        _ => bail!("{} machines' ids start with {id:?}; give more of it", hits.len()),
+        _ => bail!(
+            "{} machines' ids start with {id:?}; give more of it",
+            hits.len()
+        ),
     }
 }
 
@@ -185,7 +199,10 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
         MachinesCmd::Approve { id } => {
             let id = resolve_id(&api, &id).await?;
             let m: Machine = api
-                .post(&format!("/api/v1/machines/{id}/approve"), &serde_json::json!({}))
+                .post(
+                    &format!("/api/v1/machines/{id}/approve"),
+                    &serde_json::json!({}),
+                )
                 .await?;
             println!("machine {} approved (state: {})", m.id, m.state.as_str());
             Ok(())
@@ -193,7 +210,10 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
         MachinesCmd::Revoke { id } => {
             let id = resolve_id(&api, &id).await?;
             let r: serde_json::Value = api
-                .post(&format!("/api/v1/machines/{id}/revoke"), &serde_json::json!({}))
+                .post(
+                    &format!("/api/v1/machines/{id}/revoke"),
+                    &serde_json::json!({}),
+                )
                 .await?;
             println!(
                 "machine {id}: {} certificate(s) revoked",

@@ -94,7 +94,17 @@ pub fn machines(list: &[MachineSummary], f: Format) -> Result<()> {
         return Ok(());
     }
     table(
-        &["ID", "STATE", "SERIAL", "PRODUCT", "CPUS", "MEMORY", "DISKS", "LAST SEEN", "STATUS"],
+        &[
+            "ID",
+            "STATE",
+            "SERIAL",
+            "PRODUCT",
+            "CPUS",
+            "MEMORY",
+            "DISKS",
+            "LAST SEEN",
+            "STATUS",
+        ],
         list.iter()
             .map(|m| {
                 vec![
@@ -122,8 +132,16 @@ pub fn machine(m: &Machine, f: Format) -> Result<()> {
     println!("Machine   {}", m.id);
     println!("State     {}", m.state.as_str());
     println!("Hostname  {}", dash(m.hostname.as_ref()));
-    println!("Enrolled  {} time(s), last boot {}", m.enrollments, dash(m.boot_id.as_ref()));
-    println!("Last seen {}   status: {}", ago(m.last_seen), dash(m.status.as_ref()));
+    println!(
+        "Enrolled  {} time(s), last boot {}",
+        m.enrollments,
+        dash(m.boot_id.as_ref())
+    );
+    println!(
+        "Last seen {}   status: {}",
+        ago(m.last_seen),
+        dash(m.status.as_ref())
+    );
     for a in &m.alerts {
         println!("ALERT     {} ({}): {}", a.kind, a.at, a.message);
     }
@@ -132,31 +150,85 @@ pub fn machine(m: &Machine, f: Format) -> Result<()> {
         return Ok(());
     };
     if let Some(s) = &inv.system {
-        println!("\nSystem    {} {} (version {})", dash(s.manufacturer.as_ref()), dash(s.product.as_ref()), dash(s.version.as_ref()));
-        println!("  serial {}  uuid {}  sku {}  family {}", dash(s.serial.as_ref()), dash(s.uuid.as_ref()), dash(s.sku.as_ref()), dash(s.family.as_ref()));
+        println!(
+            "\nSystem    {} {} (version {})",
+            dash(s.manufacturer.as_ref()),
+            dash(s.product.as_ref()),
+            dash(s.version.as_ref())
+        );
+        println!(
+            "  serial {}  uuid {}  sku {}  family {}",
+            dash(s.serial.as_ref()),
+            dash(s.uuid.as_ref()),
+            dash(s.sku.as_ref()),
+            dash(s.family.as_ref())
+        );
     }
     if let Some(c) = &inv.chassis {
-        println!("Chassis   {}  serial {}  asset {}", dash(c.chassis_type.as_ref()), dash(c.serial.as_ref()), dash(c.asset_tag.as_ref()));
+        println!(
+            "Chassis   {}  serial {}  asset {}",
+            dash(c.chassis_type.as_ref()),
+            dash(c.serial.as_ref()),
+            dash(c.asset_tag.as_ref())
+        );
     }
     if let Some(b) = &inv.baseboard {
-        println!("Board     {} {}  serial {}", dash(b.manufacturer.as_ref()), dash(b.product.as_ref()), dash(b.serial.as_ref()));
+        println!(
+            "Board     {} {}  serial {}",
+            dash(b.manufacturer.as_ref()),
+            dash(b.product.as_ref()),
+            dash(b.serial.as_ref())
+        );
     }
     if let Some(b) = &inv.bios {
-        println!("BIOS      {} {} ({})", dash(b.vendor.as_ref()), dash(b.version.as_ref()), dash(b.release_date.as_ref()));
+        println!(
+            "BIOS      {} {} ({})",
+            dash(b.vendor.as_ref()),
+            dash(b.version.as_ref()),
+            dash(b.release_date.as_ref())
+        );
     }
     if let Some(os) = &inv.os {
-        println!("Boot      {}  kernel {}  agent {}", dash(os.boot_mode.as_ref()), dash(os.kernel.as_ref()), dash(os.agent_version.as_ref()));
+        println!(
+            "Boot      {}  kernel {}  agent {}",
+            dash(os.boot_mode.as_ref()),
+            dash(os.kernel.as_ref()),
+            dash(os.agent_version.as_ref())
+        );
     }
     if let Some(c) = &inv.cpu {
-        println!("\nCPU       {} x {}", c.logical_cpus, dash(c.model.as_ref()));
+        println!(
+            "\nCPU       {} x {}",
+            c.logical_cpus,
+            dash(c.model.as_ref())
+        );
         for s in &c.sockets {
-            println!("  {}: {} cores / {} threads, {}", dash(s.designation.as_ref()), dash(s.cores), dash(s.threads), dash(s.version.as_ref()));
+            println!(
+                "  {}: {} cores / {} threads, {}",
+                dash(s.designation.as_ref()),
+                dash(s.cores),
+                dash(s.threads),
+                dash(s.version.as_ref())
+            );
         }
     }
     if let Some(mem) = &inv.memory {
-        println!("Memory    {} usable, {} installed, {} of {} slots empty", bytes(mem.total_bytes), bytes(mem.installed_bytes), mem.slots_empty, mem.slots_total);
+        println!(
+            "Memory    {} usable, {} installed, {} of {} slots empty",
+            bytes(mem.total_bytes),
+            bytes(mem.installed_bytes),
+            mem.slots_empty,
+            mem.slots_total
+        );
         for d in &mem.dimms {
-            println!("  {}: {} {} {} MT/s serial {}", dash(d.locator.as_ref()), bytes(d.size_bytes), dash(d.memory_type.as_ref()), dash(d.speed_mts), dash(d.serial.as_ref()));
+            println!(
+                "  {}: {} {} {} MT/s serial {}",
+                dash(d.locator.as_ref()),
+                bytes(d.size_bytes),
+                dash(d.memory_type.as_ref()),
+                dash(d.speed_mts),
+                dash(d.serial.as_ref())
+            );
         }
     }
     if !inv.disks.is_empty() {
@@ -172,7 +244,13 @@ pub fn machine(m: &Machine, f: Format) -> Result<()> {
                         dash(d.model.as_ref()),
                         dash(d.serial.as_ref()),
                         dash(d.transport.as_ref()),
-                        dash(d.smart.as_ref().and_then(|s| s.passed).map(|p| if p { "passed" } else { "FAILED" })),
+                        dash(d.smart.as_ref().and_then(|s| s.passed).map(|p| {
+                            if p {
+                                "passed"
+                            } else {
+                                "FAILED"
+                            }
+                        })),
                     ]
                 })
                 .collect(),
@@ -201,10 +279,21 @@ pub fn machine(m: &Machine, f: Format) -> Result<()> {
     let gpus = inv.pci.iter().filter(|p| p.is_gpu).count();
     println!("\nPCI       {} devices, {} GPU(s)", inv.pci.len(), gpus);
     if let Some(b) = &inv.bmc {
-        println!("BMC       present {}  {}  ip {}  mac {}", b.present, dash(b.interface_type.as_ref()), dash(b.ip_address.as_ref()), dash(b.mac.as_ref()));
+        println!(
+            "BMC       present {}  {}  ip {}  mac {}",
+            b.present,
+            dash(b.interface_type.as_ref()),
+            dash(b.ip_address.as_ref()),
+            dash(b.mac.as_ref())
+        );
     }
     for n in &inv.lldp {
-        println!("LLDP      {} -> switch {} port {}", n.interface, dash(n.chassis_id.as_ref()), dash(n.port_id.as_ref()));
+        println!(
+            "LLDP      {} -> switch {} port {}",
+            n.interface,
+            dash(n.chassis_id.as_ref()),
+            dash(n.port_id.as_ref())
+        );
     }
     for e in &inv.errors {
         println!("COLLECTOR {} failed: {}", e.collector, e.message);
@@ -261,7 +350,11 @@ pub fn quarantine(list: &[QuarantinedEnrollment], f: Format) -> Result<()> {
         println!("  reason: {}", q.reason);
         println!(
             "  candidates: {}",
-            q.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+            q.candidates
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())

@@ -120,7 +120,8 @@ async fn enroll(
             metrics::counter!("anneal_enrollments_total", "result" => result).increment(1);
             tracing::info!(%machine_id, result, state = state.as_str(), boot_id = %req.boot_id, "machine enrolled");
             if same_boot {
-                metrics::counter!("anneal_alerts_total", "kind" => "reenroll_same_boot").increment(1);
+                metrics::counter!("anneal_alerts_total", "kind" => "reenroll_same_boot")
+                    .increment(1);
                 tracing::warn!(%machine_id, boot_id = %req.boot_id, "second enrollment within one boot");
             }
             let host = request_host(&headers, &uri).unwrap_or_else(|| "localhost".into());
@@ -158,7 +159,11 @@ async fn enroll(
             };
             metrics::counter!("anneal_enrollments_total", "result" => "token_refused", "reason" => kind)
                 .increment(1);
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "token-refused", detail))
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token-refused",
+                detail,
+            ))
         }
     }
 }

@@ -61,7 +61,13 @@ fn input(token_hash: &str, hints: IdentityHints, boot_id: &str) -> EnrollInput {
     }
 }
 
-async fn add_token(store: &Arc<dyn Store>, hash: &str, uses: u32, ttl: Duration, mac: Option<&str>) {
+async fn add_token(
+    store: &Arc<dyn Store>,
+    hash: &str,
+    uses: u32,
+    ttl: Duration,
+    mac: Option<&str>,
+) {
     store
         .insert_bootstrap_token(&BootstrapTokenRecord {
             id: format!("id-{hash}"),
@@ -106,7 +112,10 @@ pub async fn settings_first_writer_wins(store: Arc<dyn Store>) {
             winners += 1;
         }
     }
-    assert_eq!(winners, 1, "exactly one concurrent put_setting_if_absent wins");
+    assert_eq!(
+        winners, 1,
+        "exactly one concurrent put_setting_if_absent wins"
+    );
     let v = store.get_setting("ca").await.expect("get").expect("set");
     assert!(v.starts_with("ca-"));
 }
@@ -130,10 +139,18 @@ pub async fn token_uses_are_never_exceeded_under_concurrency(store: Arc<dyn Stor
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert_eq!((ok, refused), (3, 21), "a 3-use token admits exactly 3 of 24");
+    assert_eq!(
+        (ok, refused),
+        (3, 21),
+        "a 3-use token admits exactly 3 of 24"
+    );
     assert_eq!(store.list_machines().await.expect("list").len(), 3);
     assert!(
-        store.list_bootstrap_tokens(now()).await.expect("list").is_empty(),
+        store
+            .list_bootstrap_tokens(now())
+            .await
+            .expect("list")
+            .is_empty(),
         "a used-up token is no longer listed"
     );
 }
@@ -205,7 +222,11 @@ pub async fn machine_state_cas_has_one_winner(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(done, 1, "exactly one compare-and-set wins");
-    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    let m = store
+        .get_machine(machine_id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(m.state, MachineState::Discovered);
     assert_eq!(
         store
@@ -220,7 +241,14 @@ pub async fn machine_state_cas_has_one_winner(store: Arc<dyn Store>) {
 /// Unknown, expired and wrong-MAC tokens are refused and consume nothing.
 pub async fn refused_tokens_change_nothing(store: Arc<dyn Store>) {
     add_token(&store, "old", 5, Duration::seconds(-1), None).await;
-    add_token(&store, "bound", 1, Duration::hours(1), Some("00:1b:21:aa:bb:cc")).await;
+    add_token(
+        &store,
+        "bound",
+        1,
+        Duration::hours(1),
+        Some("00:1b:21:aa:bb:cc"),
+    )
+    .await;
     let cases = [
         ("nope", TokenRefusal::Unknown),
         ("old", TokenRefusal::Expired),
@@ -248,8 +276,14 @@ pub async fn refused_tokens_change_nothing(store: Arc<dyn Store>) {
 /// UUID of one machine with the MAC of another: held back, no record merged, token kept.
 pub async fn quarantine_keeps_the_token_and_both_records(store: Arc<dyn Store>) {
     add_token(&store, "q", 3, Duration::hours(1), None).await;
-    assert!(matches!(enroll(&store, &input("q", hints(1), "b1")).await, EnrollOutcome::Enrolled { .. }));
-    assert!(matches!(enroll(&store, &input("q", hints(2), "b2")).await, EnrollOutcome::Enrolled { .. }));
+    assert!(matches!(
+        enroll(&store, &input("q", hints(1), "b1")).await,
+        EnrollOutcome::Enrolled { .. }
+    ));
+    assert!(matches!(
+        enroll(&store, &input("q", hints(2), "b2")).await,
+        EnrollOutcome::Enrolled { .. }
+    ));
     let mut mixed = hints(1);
     mixed.system_serial = None;
     mixed.macs = hints(2).macs;
@@ -268,19 +302,32 @@ pub async fn quarantine_keeps_the_token_and_both_records(store: Arc<dyn Store>) 
 /// Enrolling twice with one kernel boot id records an alert; a new boot id does not.
 pub async fn reenrollment_in_the_same_boot_raises_an_alert(store: Arc<dyn Store>) {
     add_token(&store, "r", 3, Duration::hours(1), None).await;
-    let EnrollOutcome::Enrolled { machine_id, .. } = enroll(&store, &input("r", hints(4), "boot-a")).await else {
+    let EnrollOutcome::Enrolled { machine_id, .. } =
+        enroll(&store, &input("r", hints(4), "boot-a")).await
+    else {
         panic!("enroll")
     };
-    let EnrollOutcome::Enrolled { same_boot, .. } = enroll(&store, &input("r", hints(4), "boot-b")).await else {
+    let EnrollOutcome::Enrolled { same_boot, .. } =
+        enroll(&store, &input("r", hints(4), "boot-b")).await
+    else {
         panic!("enroll")
     };
     assert!(!same_boot);
-    let EnrollOutcome::Enrolled { same_boot, machine_id: again, .. } = enroll(&store, &input("r", hints(4), "boot-b")).await else {
+    let EnrollOutcome::Enrolled {
+        same_boot,
+        machine_id: again,
+        ..
+    } = enroll(&store, &input("r", hints(4), "boot-b")).await
+    else {
         panic!("enroll")
     };
     assert!(same_boot);
     assert_eq!(again, machine_id);
-    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    let m = store
+        .get_machine(machine_id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(m.alerts.len(), 1);
     assert_eq!(m.alerts[0].kind, "reenroll_same_boot");
     assert_eq!(m.boot_id.as_deref(), Some("boot-b"));
@@ -289,10 +336,17 @@ pub async fn reenrollment_in_the_same_boot_raises_an_alert(store: Arc<dyn Store>
 /// Certificates are tracked per serial and revoked per machine.
 pub async fn revocation_and_certs(store: Arc<dyn Store>) {
     add_token(&store, "c", 1, Duration::hours(1), None).await;
-    let EnrollOutcome::Enrolled { machine_id, cert, .. } = enroll(&store, &input("c", hints(5), "b")).await else {
+    let EnrollOutcome::Enrolled {
+        machine_id, cert, ..
+    } = enroll(&store, &input("c", hints(5), "b")).await
+    else {
         panic!("enroll")
     };
-    let rec = store.get_cert(&cert.serial).await.expect("get").expect("recorded");
+    let rec = store
+        .get_cert(&cert.serial)
+        .await
+        .expect("get")
+        .expect("recorded");
     assert_eq!(rec.machine_id, machine_id);
     assert!(rec.revoked_at.is_none());
     store
@@ -304,30 +358,76 @@ pub async fn revocation_and_certs(store: Arc<dyn Store>) {
         })
         .await
         .expect("insert");
-    assert_eq!(store.revoke_machine_certs(machine_id, now()).await.expect("revoke"), 2);
-    assert!(store.get_cert(&cert.serial).await.expect("get").expect("rec").revoked_at.is_some());
-    assert!(store.get_cert("renewed").await.expect("get").expect("rec").revoked_at.is_some());
-    assert_eq!(store.revoke_machine_certs(machine_id, now()).await.expect("revoke"), 0);
+    assert_eq!(
+        store
+            .revoke_machine_certs(machine_id, now())
+            .await
+            .expect("revoke"),
+        2
+    );
+    assert!(store
+        .get_cert(&cert.serial)
+        .await
+        .expect("get")
+        .expect("rec")
+        .revoked_at
+        .is_some());
+    assert!(store
+        .get_cert("renewed")
+        .await
+        .expect("get")
+        .expect("rec")
+        .revoked_at
+        .is_some());
+    assert_eq!(
+        store
+            .revoke_machine_certs(machine_id, now())
+            .await
+            .expect("revoke"),
+        0
+    );
     assert!(store.get_cert("unknown").await.expect("get").is_none());
 }
 
 /// Heartbeats update last-seen (never backwards) and status; inventory round-trips.
 pub async fn heartbeats_and_inventory(store: Arc<dyn Store>) {
     add_token(&store, "h", 1, Duration::hours(1), None).await;
-    let EnrollOutcome::Enrolled { machine_id, .. } = enroll(&store, &input("h", hints(6), "b")).await else {
+    let EnrollOutcome::Enrolled { machine_id, .. } =
+        enroll(&store, &input("h", hints(6), "b")).await
+    else {
         panic!("enroll")
     };
     let later = now() + Duration::minutes(5);
     store
         .record_heartbeats(&[
-            Heartbeat { machine_id, status: "second".into(), at: later },
-            Heartbeat { machine_id, status: "first".into(), at: later - Duration::minutes(1) },
+            Heartbeat {
+                machine_id,
+                status: "second".into(),
+                at: later,
+            },
+            Heartbeat {
+                machine_id,
+                status: "first".into(),
+                at: later - Duration::minutes(1),
+            },
         ])
         .await
         .expect("heartbeats");
-    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
-    assert_eq!(super::to_ms(m.last_seen.expect("seen")), super::to_ms(later), "last_seen never goes back");
-    assert_eq!(m.status.as_deref(), Some("second"), "an older heartbeat does not overwrite status");
+    let m = store
+        .get_machine(machine_id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        super::to_ms(m.last_seen.expect("seen")),
+        super::to_ms(later),
+        "last_seen never goes back"
+    );
+    assert_eq!(
+        m.status.as_deref(),
+        Some("second"),
+        "an older heartbeat does not overwrite status"
+    );
     let inv = Inventory {
         system: Some(System {
             serial: Some("SRV-000006".into()),
@@ -335,8 +435,15 @@ pub async fn heartbeats_and_inventory(store: Arc<dyn Store>) {
         }),
         ..Default::default()
     };
-    store.put_inventory(machine_id, &inv, now()).await.expect("inventory");
-    let m = store.get_machine(machine_id).await.expect("get").expect("exists");
+    store
+        .put_inventory(machine_id, &inv, now())
+        .await
+        .expect("inventory");
+    let m = store
+        .get_machine(machine_id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(m.inventory.as_ref(), Some(&inv));
     assert!(m.inventory_at.is_some());
 }

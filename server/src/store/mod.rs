@@ -280,8 +280,10 @@ pub trait Store: Send + Sync {
     /// Add a bootstrap token.
     async fn insert_bootstrap_token(&self, token: &BootstrapTokenRecord) -> StoreResult<()>;
     /// Bootstrap tokens that are neither expired nor used up.
-    async fn list_bootstrap_tokens(&self, now: OffsetDateTime)
-        -> StoreResult<Vec<BootstrapTokenRecord>>;
+    async fn list_bootstrap_tokens(
+        &self,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<BootstrapTokenRecord>>;
 
     /// Enroll in one transaction: check and consume the token, recognise or create the machine
     /// (see `identity`), record the certificate `sign` issues for the machine id.

@@ -156,10 +156,7 @@ const MACHINE_COLS: &str = "id, state, hostname, identity, inventory, inventory_
      enrollments, created_at, last_seen, status, version";
 
 /// Identifiers recorded for a machine, as evidence.
-async fn machine_evidence(
-    tx: &mut Transaction<'_, Sqlite>,
-    id: &str,
-) -> StoreResult<Evidence> {
+async fn machine_evidence(tx: &mut Transaction<'_, Sqlite>, id: &str) -> StoreResult<Evidence> {
     let rows = sqlx::query("SELECT kind, value FROM identifiers WHERE machine_id = ?")
         .bind(id)
         .fetch_all(&mut **tx)
@@ -231,11 +228,12 @@ impl Store for SqliteStore {
     }
 
     async fn find_api_token(&self, hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
-        let row = sqlx::query("SELECT id, hash, role, name, created_at FROM api_tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT id, hash, role, name, created_at FROM api_tokens WHERE hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db)?;
         row.map(|r| {
             Ok(ApiTokenRecord {
                 id: r.try_get("id").map_err(db)?,
@@ -330,23 +328,25 @@ impl Store for SqliteStore {
         }
         let mut candidate_ids = BTreeSet::new();
         for ident in &lookups {
-            let is_shared = sqlx::query("SELECT 1 FROM shared_identifiers WHERE kind = ? AND value = ?")
-                .bind(ident.kind.as_str())
-                .bind(&ident.value)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?
-                .is_some();
+            let is_shared =
+                sqlx::query("SELECT 1 FROM shared_identifiers WHERE kind = ? AND value = ?")
+                    .bind(ident.kind.as_str())
+                    .bind(&ident.value)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?
+                    .is_some();
             if is_shared {
                 shared.insert(ident.clone());
                 continue;
             }
-            let holder = sqlx::query("SELECT machine_id FROM identifiers WHERE kind = ? AND value = ?")
-                .bind(ident.kind.as_str())
-                .bind(&ident.value)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
+            let holder =
+                sqlx::query("SELECT machine_id FROM identifiers WHERE kind = ? AND value = ?")
+                    .bind(ident.kind.as_str())
+                    .bind(&ident.value)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
             if let Some(h) = holder {
                 candidate_ids.insert(h.try_get::<String, _>("machine_id").map_err(db)?);
             }
@@ -518,23 +518,27 @@ impl Store for SqliteStore {
     }
 
     async fn insert_cert(&self, c: &CertRecord) -> StoreResult<()> {
-        sqlx::query("INSERT INTO certs (serial, machine_id, not_after, revoked_at) VALUES (?, ?, ?, ?)")
-            .bind(&c.serial)
-            .bind(c.machine_id.to_string())
-            .bind(to_ms(c.not_after))
-            .bind(c.revoked_at.map(to_ms))
-            .execute(&self.writer)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO certs (serial, machine_id, not_after, revoked_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&c.serial)
+        .bind(c.machine_id.to_string())
+        .bind(to_ms(c.not_after))
+        .bind(c.revoked_at.map(to_ms))
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
         Ok(())
     }
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        let row = sqlx::query("SELECT serial, machine_id, not_after, revoked_at FROM certs WHERE serial = ?")
-            .bind(serial)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT serial, machine_id, not_after, revoked_at FROM certs WHERE serial = ?",
+        )
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
         row.map(|r| {
             Ok(CertRecord {
                 serial: r.try_get("serial").map_err(db)?,
@@ -565,10 +569,11 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
-        let alert_rows = sqlx::query("SELECT machine_id, kind, message, at FROM alerts ORDER BY id")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db)?;
+        let alert_rows =
+            sqlx::query("SELECT machine_id, kind, message, at FROM alerts ORDER BY id")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db)?;
         let mut alerts: std::collections::HashMap<String, Vec<AlertRecord>> = Default::default();
         for r in &alert_rows {
             let (mid, a) = alert_from_row(r)?;
@@ -677,12 +682,12 @@ impl Store for SqliteStore {
                  status = CASE WHEN ?1 >= COALESCE(last_seen, 0) THEN ?2 ELSE status END, \
                  last_seen = MAX(COALESCE(last_seen, 0), ?1) WHERE id = ?3",
             )
-                .bind(to_ms(hb.at))
-                .bind(&hb.status)
-                .bind(hb.machine_id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            .bind(to_ms(hb.at))
+            .bind(&hb.status)
+            .bind(hb.machine_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(())
