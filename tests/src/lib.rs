@@ -104,6 +104,34 @@ impl TestServer {
             .expect("enrollment")
     }
 
+    /// Stop and start again on the same data directory (and, for agents' sake, the same ports).
+    pub async fn restart(self) -> TestServer {
+        let api = self.running.api_addr;
+        let agent = self.running.agent_addr;
+        let token = self.admin_token.clone();
+        self.running.stop().await;
+        let args = ServeArgs {
+            data_dir: Some(self.dir.path().to_path_buf()),
+            api_listen: Some(api),
+            agent_listen: Some(agent),
+            advertise: Some(vec!["127.0.0.1".into(), "localhost".into()]),
+            ..Default::default()
+        };
+        let running = serve::start(Config::resolve(&args).expect("config"))
+            .await
+            .expect("server restarts");
+        assert!(
+            running.first_admin_token.is_none(),
+            "a restart must not make a new admin token"
+        );
+        TestServer {
+            running,
+            dir: self.dir,
+            admin_token: token,
+            api_url: self.api_url,
+        }
+    }
+
     /// Stop the server and remove its directory.
     pub async fn stop(self) {
         self.running.stop().await;

@@ -285,3 +285,33 @@ async fn contradicting_evidence_is_quarantined_not_merged() {
     assert_eq!(machines(&server).await.len(), 2, "nothing merged");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_restart_loses_nothing() {
+    let server = TestServer::start().await;
+    let fingerprint = server.fingerprint();
+    let session = server.enroll(hints(12), "b").await;
+    session
+        .send_inventory(&Inventory::default())
+        .await
+        .expect("inventory");
+    let spare = server.bootstrap_token(2).await;
+
+    let server = server.restart().await;
+    assert_eq!(server.fingerprint(), fingerprint, "same CA after restart");
+    // The agent's existing certificate and kept-alive client keep working (it reconnects).
+    session
+        .heartbeat("after restart")
+        .await
+        .expect("agent survives a server restart");
+    let list = machines(&server).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], session.machine_id.to_string());
+    // Tokens and their remaining uses survive too.
+    server
+        .enroller(Clock::system())
+        .enroll(&spare, hints(13), "b", "h")
+        .await
+        .expect("token made before the restart still works");
+    server.stop().await;
+}
