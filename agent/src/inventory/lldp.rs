@@ -336,4 +336,53 @@ mod tests {
         assert!(parse_frame(&frame(&[tlv(1, &[7, b'x'])], false)).is_none());
         assert!(parse_frame(&[0u8; 5]).is_none());
     }
+
+    /// Sends frames on one end of a veth pair and listens on the other. Needs root (creates
+    /// links); run with `cargo test -p anneal-agent -- --ignored`.
+    #[test]
+    #[ignore = "needs root to create a veth pair"]
+    fn hears_a_neighbor_on_a_veth_pair() {
+        let (a, b) = ("anlldpA", "anlldpB");
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let _ = ip(&["link", "del", a]);
+        assert!(ip(&["link", "add", a, "type", "veth", "peer", "name", b]));
+        assert!(ip(&["link", "set", a, "up"]) && ip(&["link", "set", b, "up"]));
+
+        let f = frame(
+            &[
+                tlv(1, &[4, 0x0c, 0xc4, 0x7a, 0xaa, 0xbb, 0xcc]),
+                tlv(2, b"\x05Eth1/9"),
+                tlv(3, &[0x00, 0x78]),
+                tlv(5, b"tor-veth"),
+                tlv(0, &[]),
+            ],
+            false,
+        );
+        let sender = std::thread::spawn(move || {
+            let fd = open(b).expect("sender socket");
+            for _ in 0..20 {
+                // SAFETY: `f` is readable for `f.len()` bytes; the socket is bound to `b`.
+                unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let report = collect(&[a.to_string()], Duration::from_secs(5));
+        let _ = sender.join();
+        let _ = ip(&["link", "del", a]);
+        let report = report.expect("listen");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.neighbors.len(), 1, "{:?}", report.neighbors);
+        let n = &report.neighbors[0];
+        assert_eq!(n.interface, a);
+        assert_eq!(n.chassis_id.as_deref(), Some("0c:c4:7a:aa:bb:cc"));
+        assert_eq!(n.port_id.as_deref(), Some("Eth1/9"));
+        assert_eq!(n.system_name.as_deref(), Some("tor-veth"));
+    }
 }

@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
-use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::CollectError;
@@ -147,11 +146,6 @@ fn components(path: &Path) -> impl Iterator<Item = OsString> + '_ {
         Component::ParentDir => Some(OsString::from("..")),
         Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
     })
-}
-
-/// Whether `err` says the thing is not there (as opposed to unreadable).
-pub fn is_not_found(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::NotFound
 }
 
 #[cfg(test)]

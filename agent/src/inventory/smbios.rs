@@ -403,6 +403,120 @@ mod tests {
         assert_eq!(zero.system.unwrap().uuid, None);
     }
 
+    /// A structure: formatted area (type, length and handle are filled in) plus strings.
+    fn structure(kind: u8, handle: u16, body: &[u8], strings: &[&str]) -> Vec<u8> {
+        let mut s = vec![kind, (4 + body.len()) as u8];
+        s.extend_from_slice(&handle.to_le_bytes());
+        s.extend_from_slice(body);
+        if strings.is_empty() {
+            s.extend_from_slice(&[0, 0]);
+        } else {
+            for text in strings {
+                s.extend_from_slice(text.as_bytes());
+                s.push(0);
+            }
+            s.push(0);
+        }
+        s
+    }
+
+    /// Type 4 body (SMBIOS 2.6 layout, 0x2a bytes in all).
+    fn processor(status: u8, cores: u8, threads: u8) -> Vec<u8> {
+        // Offsets as in the specification; the header is cut off at the end.
+        let mut b = vec![0u8; 0x2a];
+        b[0x04] = 1; // socket designation
+        b[0x05] = 3; // central processor
+        b[0x07] = 2; // manufacturer
+        b[0x10] = 3; // version
+        b[0x14..0x16].copy_from_slice(&3500u16.to_le_bytes());
+        b[0x16..0x18].copy_from_slice(&2400u16.to_le_bytes());
+        b[0x18] = status;
+        b[0x23] = cores;
+        b[0x25] = threads;
+        b.split_off(4)
+    }
+
+    /// Type 17 body (SMBIOS 2.7 layout, 0x22 bytes in all).
+    fn memory_device(size: u16, extended_mb: u32, kind: u8, speed: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 0x22];
+        b[0x0c..0x0e].copy_from_slice(&size.to_le_bytes());
+        b[0x10] = 1; // device locator
+        b[0x11] = 2; // bank locator
+        b[0x12] = kind;
+        b[0x15..0x17].copy_from_slice(&speed.to_le_bytes());
+        if size != 0 {
+            b[0x17] = 3; // manufacturer
+            b[0x18] = 4; // serial
+            b[0x1a] = 5; // part number
+        }
+        b[0x1c..0x20].copy_from_slice(&extended_mb.to_le_bytes());
+        b.split_off(4)
+    }
+
+    #[test]
+    fn decodes_sockets_dimms_and_ipmi() {
+        let mut t = Vec::new();
+        t.extend(structure(
+            4,
+            0x400,
+            &processor(0x41, 16, 32),
+            &["CPU1", "Intel", "Xeon Test"],
+        ));
+        t.extend(structure(4, 0x401, &processor(0x00, 0, 0), &["CPU2"]));
+        t.extend(structure(
+            17,
+            0x1100,
+            &memory_device(0x7fff, 64 * 1024, 0x1a, 3200),
+            &["DIMM_A1", "NODE 0", "Samsung", "S3R1AL", "M393A8G40AB2"],
+        ));
+        t.extend(structure(
+            17,
+            0x1101,
+            &memory_device(0, 0, 0x02, 0),
+            &["DIMM_A2", "NODE 0"],
+        ));
+        t.extend(structure(
+            17,
+            0x1102,
+            &memory_device(16384, 0, 0x22, 4800),
+            &["DIMM_B1", "NODE 1", "Micron", "MU-1", "MTC20F"],
+        ));
+        let mut ipmi = vec![0u8; 0x12 - 4];
+        ipmi[0] = 1; // KCS
+        ipmi[1] = 0x20;
+        t.extend(structure(38, 0x2600, &ipmi, &[]));
+        t.extend(structure(127, 0xffff, &[], &[]));
+
+        let info = decode(t, Some(SMBiosVersion::new(3, 2, 0)));
+        assert_eq!(info.sockets.len(), 1, "only populated sockets");
+        let cpu = &info.sockets[0];
+        assert_eq!(cpu.designation.as_deref(), Some("CPU1"));
+        assert_eq!(cpu.version.as_deref(), Some("Xeon Test"));
+        assert_eq!((cpu.cores, cpu.threads), (Some(16), Some(32)));
+        assert_eq!(
+            (cpu.max_speed_mhz, cpu.current_speed_mhz),
+            (Some(3500), Some(2400))
+        );
+
+        let mem = info.memory.unwrap();
+        assert_eq!((mem.slots_total, mem.slots_empty), (3, 1));
+        assert_eq!(mem.dimms.len(), 2);
+        let a1 = &mem.dimms[0];
+        assert_eq!(a1.size_bytes, 64 << 30, "extended size");
+        assert_eq!(a1.memory_type.as_deref(), Some("DDR4"));
+        assert_eq!(a1.speed_mts, Some(3200));
+        assert_eq!(a1.locator.as_deref(), Some("DIMM_A1"));
+        assert_eq!(a1.bank_locator.as_deref(), Some("NODE 0"));
+        assert_eq!(a1.manufacturer.as_deref(), Some("Samsung"));
+        assert_eq!(a1.serial.as_deref(), Some("S3R1AL"));
+        assert_eq!(a1.part_number.as_deref(), Some("M393A8G40AB2"));
+        assert_eq!(mem.dimms[1].size_bytes, 16 << 30);
+        assert_eq!(mem.dimms[1].memory_type.as_deref(), Some("DDR5"));
+
+        assert!(info.bmc.present);
+        assert_eq!(info.bmc.interface_type.as_deref(), Some("KCS"));
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         let _ = decode(vec![0xff; 7], None);
