@@ -37,7 +37,9 @@ pub async fn collect(mut bmc: Bmc) -> Result<Bmc, CollectError> {
 /// The parts of `ipmitool lan print` the inventory keeps.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct LanPrint {
+    /// `IP Address`.
     pub ip_address: Option<String>,
+    /// `MAC Address`, lower-case.
     pub mac: Option<String>,
 }
 

@@ -8,8 +8,11 @@ use super::CollectError;
 /// What `/proc/cpuinfo` says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuInfo {
+    /// `model name` of the first processor.
     pub model: Option<String>,
+    /// Number of `processor` entries.
     pub logical_cpus: u32,
+    /// `flags` (x86) or `Features` (arm64) of the first processor.
     pub flags: Vec<String>,
 }
 

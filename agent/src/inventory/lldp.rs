@@ -32,7 +32,9 @@ struct PacketMreq {
 /// Neighbours heard, plus per-link problems that did not stop the others.
 #[derive(Debug, Default)]
 pub struct LldpReport {
+    /// One entry per (interface, chassis, port) heard.
     pub neighbors: Vec<LldpNeighbor>,
+    /// Links that could not be listened on.
     pub errors: Vec<String>,
 }
 

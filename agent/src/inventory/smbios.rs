@@ -18,9 +18,13 @@ const TABLE: &str = "/sys/firmware/dmi/tables/DMI";
 /// Everything the inventory takes from SMBIOS.
 #[derive(Debug, Clone, Default)]
 pub struct SmbiosInfo {
+    /// Type 1.
     pub system: Option<System>,
+    /// Type 2.
     pub baseboard: Option<Baseboard>,
+    /// Type 3.
     pub chassis: Option<Chassis>,
+    /// Type 0.
     pub bios: Option<Bios>,
     /// Populated processor sockets.
     pub sockets: Vec<CpuSocket>,
@@ -33,8 +37,11 @@ pub struct SmbiosInfo {
 /// Memory devices (type 17).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SmbiosMemory {
+    /// Every type 17 entry, populated or not.
     pub slots_total: u32,
+    /// Entries whose size says "not installed".
     pub slots_empty: u32,
+    /// Populated entries.
     pub dimms: Vec<Dimm>,
 }
 

@@ -11,7 +11,9 @@ use super::CollectError;
 pub struct ToolOutput {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// Everything written to standard output.
     pub stdout: Vec<u8>,
+    /// Everything written to standard error.
     pub stderr: Vec<u8>,
 }
 
@@ -24,6 +26,7 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// A regular file with an execute bit.
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
