@@ -10,6 +10,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match anneal_agent::cli::run(anneal_agent::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

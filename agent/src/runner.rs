@@ -109,6 +109,10 @@ async fn enroll_until_done(
             | Err(e @ ClientError::BadFingerprint(_)) => {
                 return Err(e).context("enrollment");
             }
+            Err(e @ ClientError::Quarantined(_)) if cfg.once => {
+                return Err(e)
+                    .context("enrollment (an operator must resolve it: anneal quarantine)")
+            }
             Err(e) if cfg.once && !e.is_transient() => return Err(e).context("enrollment"),
             Err(e) => {
                 let wait = backoff.next_delay();

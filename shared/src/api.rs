@@ -141,9 +141,13 @@ pub struct QuarantinedEnrollment {
     pub candidates: Vec<Uuid>,
     pub reason: String,
     pub boot_id: String,
+    /// Latest attempt.
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: OffsetDateTime,
+    /// Enrollment attempts this entry stands for (a retrying agent updates it).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Roles of operator API tokens.

@@ -244,6 +244,9 @@ pub struct OsInfo {
     pub kernel: Option<String>,
     pub agent_version: Option<String>,
     pub hostname: Option<String>,
+    /// `/etc/machine-id`, when the OS has one (installed systems; not the discovery image).
+    #[serde(default)]
+    pub machine_id: Option<String>,
 }
 
 impl Inventory {

@@ -65,6 +65,9 @@ pub struct IdentityHints {
     pub manufacturer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
+    /// `/etc/machine-id` of an installed OS (agents outside the discovery image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_machine_id: Option<String>,
     /// MAC addresses of physical NICs (lower-case, colon-separated).
     #[serde(default)]
     pub macs: Vec<Nic>,

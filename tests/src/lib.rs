@@ -148,6 +148,7 @@ pub fn hints(n: u32) -> IdentityHints {
         baseboard_serial: None,
         manufacturer: Some("Anneal Test".into()),
         product: Some("Virtual Rack Server".into()),
+        os_machine_id: None,
         macs: vec![Nic {
             mac: format!("00:1b:21:12:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
             bus: Some("pci".into()),

@@ -242,6 +242,7 @@ pub fn identity_hints(inv: &Inventory) -> IdentityHints {
         baseboard_serial: inv.baseboard.as_ref().and_then(|b| b.serial.clone()),
         manufacturer: system.and_then(|s| s.manufacturer.clone()),
         product: system.and_then(|s| s.product.clone()),
+        os_machine_id: inv.os.as_ref().and_then(|o| o.machine_id.clone()),
         macs: inv
             .nics
             .iter()

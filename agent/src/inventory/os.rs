@@ -1,4 +1,4 @@
-//! The running environment: boot mode, kernel, hostname, agent version.
+//! The running environment: boot mode, kernel, hostname, OS machine-id, agent version.
 
 use anneal_shared::inventory::OsInfo;
 
@@ -20,5 +20,9 @@ pub fn collect(root: &Root, agent_version: &str) -> Result<OsInfo, CollectError>
         hostname: root
             .attr("/proc/sys/kernel/hostname")
             .filter(|h| h != "(none)"),
+        // An installed OS's stable id; systemd writes `uninitialized` before first boot.
+        machine_id: root
+            .attr("/etc/machine-id")
+            .filter(|m| m.len() == 32 && m.chars().all(|c| c.is_ascii_hexdigit())),
     })
 }

@@ -68,8 +68,11 @@ CREATE TABLE quarantine (
     candidates TEXT NOT NULL,
     reason     TEXT NOT NULL,
     boot_id    TEXT NOT NULL,
-    at         INTEGER NOT NULL
+    at         INTEGER NOT NULL,
+    -- A retrying agent updates its entry instead of adding one per attempt.
+    attempts   INTEGER NOT NULL DEFAULT 1
 );
+CREATE INDEX quarantine_evidence ON quarantine(boot_id, identity);
 
 CREATE TABLE alerts (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,

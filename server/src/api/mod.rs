@@ -134,5 +134,6 @@ fn quarantine_view(q: QuarantineRecord) -> QuarantinedEnrollment {
         reason: q.reason,
         boot_id: q.boot_id,
         at: q.at,
+        attempts: q.attempts,
     }
 }

@@ -346,7 +346,10 @@ pub fn quarantine(list: &[QuarantinedEnrollment], f: Format) -> Result<()> {
         return Ok(());
     }
     for q in list {
-        println!("{}  {}  boot {}", q.id, q.at, q.boot_id);
+        println!(
+            "{}  {}  boot {}  attempts {}",
+            q.id, q.at, q.boot_id, q.attempts
+        );
         println!("  reason: {}", q.reason);
         println!(
             "  candidates: {}",

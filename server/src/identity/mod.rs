@@ -39,16 +39,19 @@ pub enum IdKind {
     BaseboardSerial,
     /// MAC address of a physical, non-USB NIC.
     Mac,
+    /// `/etc/machine-id` of an installed OS (lets agents on VMs without DMI be recognised).
+    OsMachineId,
 }
 
 impl IdKind {
     /// Every kind, in sort order.
-    pub const ALL: [IdKind; 5] = [
+    pub const ALL: [IdKind; 6] = [
         IdKind::Uuid,
         IdKind::SystemSerial,
         IdKind::ChassisSerial,
         IdKind::BaseboardSerial,
         IdKind::Mac,
+        IdKind::OsMachineId,
     ];
 
     /// The stable snake_case name (as serialised and stored).
@@ -59,6 +62,7 @@ impl IdKind {
             IdKind::ChassisSerial => "chassis_serial",
             IdKind::BaseboardSerial => "baseboard_serial",
             IdKind::Mac => "mac",
+            IdKind::OsMachineId => "os_machine_id",
         }
     }
 
@@ -75,6 +79,7 @@ impl IdKind {
             IdKind::ChassisSerial => "chassis serial",
             IdKind::BaseboardSerial => "baseboard serial",
             IdKind::Mac => "MAC",
+            IdKind::OsMachineId => "OS machine-id",
         }
     }
 }
@@ -110,6 +115,7 @@ impl Identifier {
             IdKind::SystemSerial | IdKind::ChassisSerial | IdKind::BaseboardSerial => {
                 normalize_serial(raw)?
             }
+            IdKind::OsMachineId => normalize_machine_id(raw)?,
             IdKind::Mac => {
                 let v = normalize_mac(raw)?;
                 if !is_identifying_mac(&v) {
@@ -143,6 +149,7 @@ impl Evidence {
             (IdKind::SystemSerial, &h.system_serial),
             (IdKind::ChassisSerial, &h.chassis_serial),
             (IdKind::BaseboardSerial, &h.baseboard_serial),
+            (IdKind::OsMachineId, &h.os_machine_id),
         ];
         let mut ids: Vec<Identifier> = scalar
             .into_iter()
@@ -226,4 +233,12 @@ pub struct Outcome {
     pub decision: Decision,
     /// Values seen on this machine and on a different one; sorted, deduplicated.
     pub newly_shared: Vec<Identifier>,
+}
+
+/// An OS machine-id: 32 hex digits (systemd's `uninitialized` and repeated digits never identify).
+pub fn normalize_machine_id(raw: &str) -> Option<String> {
+    let v = raw.trim().to_ascii_lowercase();
+    let first = v.chars().next()?;
+    let valid = v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit());
+    (valid && !v.chars().all(|c| c == first)).then_some(v)
 }

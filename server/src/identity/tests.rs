@@ -446,6 +446,7 @@ fn evidence_is_sorted_and_deduplicated() {
         baseboard_serial: Some("/7XK1H3/CN1296182A0123/".into()),
         manufacturer: Some("Dell Inc.".into()),
         product: Some("PowerEdge R640".into()),
+        os_machine_id: None,
         macs: vec![nic(MAC_A2), nic(MAC_A1), nic(&MAC_A1.to_uppercase())],
     };
     assert_eq!(
@@ -470,4 +471,32 @@ fn id_kind_names_round_trip() {
     }
     assert_eq!(IdKind::parse("serial"), None);
     assert_eq!(IdKind::parse("UUID"), None);
+}
+
+#[test]
+fn os_machine_id_identifies_and_placeholders_do_not() {
+    use super::normalize_machine_id;
+    assert_eq!(
+        normalize_machine_id(" 3D1219C7C4C5404AAA1F6D2A48ADFDA4\n").as_deref(),
+        Some("3d1219c7c4c5404aaa1f6d2a48adfda4")
+    );
+    assert_eq!(normalize_machine_id("uninitialized"), None);
+    assert_eq!(normalize_machine_id(&"0".repeat(32)), None);
+    assert_eq!(normalize_machine_id("abc"), None);
+    let hints = anneal_shared::protocol::IdentityHints {
+        os_machine_id: Some("3d1219c7c4c5404aaa1f6d2a48adfda4".into()),
+        ..Default::default()
+    };
+    let e = Evidence::from_hints(&hints);
+    assert_eq!(e.identifiers().len(), 1);
+    assert_eq!(e.identifiers()[0].kind, IdKind::OsMachineId);
+    let again = decide(
+        &e,
+        &[Candidate {
+            machine_id: uuid::Uuid::from_u128(1),
+            evidence: e.clone(),
+        }],
+        &Default::default(),
+    );
+    assert_eq!(again.decision, Decision::Match(uuid::Uuid::from_u128(1)));
 }

@@ -291,8 +291,17 @@ pub async fn quarantine_keeps_the_token_and_both_records(store: Arc<dyn Store>) 
         EnrollOutcome::Quarantined { reason, .. } => assert!(!reason.is_empty()),
         other => panic!("expected quarantine, got {other:?}"),
     }
+    // The same machine retrying within its boot updates the entry instead of adding one.
+    let mut retry = hints(1);
+    retry.system_serial = None;
+    retry.macs = hints(2).macs;
+    assert!(matches!(
+        enroll(&store, &input("q", retry, "b3")).await,
+        EnrollOutcome::Quarantined { .. }
+    ));
     let q = store.list_quarantine().await.expect("list");
-    assert_eq!(q.len(), 1);
+    assert_eq!(q.len(), 1, "one entry per machine and boot");
+    assert_eq!(q[0].attempts, 2);
     assert_eq!(q[0].candidates.len(), 2, "both records are named");
     assert_eq!(store.list_machines().await.expect("list").len(), 2);
     let tokens = store.list_bootstrap_tokens(now()).await.expect("list");

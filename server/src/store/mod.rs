@@ -224,8 +224,10 @@ pub struct QuarantineRecord {
     pub reason: String,
     /// Kernel boot id.
     pub boot_id: String,
-    /// When.
+    /// When last attempted.
     pub at: OffsetDateTime,
+    /// How many enrollment attempts it stands for.
+    pub attempts: u32,
 }
 
 /// One heartbeat, applied in batches (group commit).

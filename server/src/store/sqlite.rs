@@ -383,6 +383,29 @@ impl Store for SqliteStore {
         let hints_json = serde_json::to_string(&input.hints).map_err(|e| corrupt("identity", e))?;
         let (machine_id, created, state, same_boot) = match outcome.decision {
             Decision::Quarantine { candidates, reason } => {
+                // The same machine retrying within one boot updates its entry.
+                let existing =
+                    sqlx::query("SELECT id FROM quarantine WHERE boot_id = ? AND identity = ?")
+                        .bind(&input.boot_id)
+                        .bind(&hints_json)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                if let Some(row) = existing {
+                    let id: String = row.try_get("id").map_err(db)?;
+                    sqlx::query(
+                        "UPDATE quarantine SET at = ?, reason = ?, attempts = attempts + 1 \
+                         WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(&reason)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    return Ok(EnrollOutcome::Quarantined { id, reason });
+                }
                 let id = Uuid::new_v4().to_string();
                 let cands: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
                 sqlx::query(
@@ -695,7 +718,8 @@ impl Store for SqliteStore {
 
     async fn list_quarantine(&self) -> StoreResult<Vec<QuarantineRecord>> {
         let rows = sqlx::query(
-            "SELECT id, identity, candidates, reason, boot_id, at FROM quarantine ORDER BY at DESC",
+            "SELECT id, identity, candidates, reason, boot_id, at, attempts FROM quarantine \
+             ORDER BY at DESC",
         )
         .fetch_all(&self.reader)
         .await
@@ -717,6 +741,7 @@ impl Store for SqliteStore {
                     reason: r.try_get("reason").map_err(db)?,
                     boot_id: r.try_get("boot_id").map_err(db)?,
                     at: from_ms(r.try_get("at").map_err(db)?)?,
+                    attempts: r.try_get::<i64, _>("attempts").map_err(db)? as u32,
                 })
             })
             .collect()
