@@ -142,10 +142,8 @@ pub async fn run(cfg: RunConfig, clock: Arc<Clock>) -> Result<()> {
         }
     }
     let boot_id = read_boot_id(&cfg);
+    // Collector failures are logged by the inventory module and reported inside the inventory.
     let mut inv = collect(&cfg).await;
-    for e in &inv.errors {
-        tracing::warn!(collector = %e.collector, error = %e.message, "inventory collector failed");
-    }
     let mut session = enroll_until_done(&cfg, &enroller, &inv, &boot_id).await?;
     tracing::info!(machine_id = %session.machine_id, agent_url = %session.agent_url, "enrolled");
 

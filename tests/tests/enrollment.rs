@@ -315,3 +315,68 @@ async fn a_server_restart_loses_nothing() {
         .expect("token made before the restart still works");
     server.stop().await;
 }
+
+/// The real runner, reading a machine captured from QEMU, enrolls and reports; a second run
+/// with a new boot id (a reboot) lands on the same record with a fresh enrollment.
+#[tokio::test]
+async fn the_runner_enrolls_a_captured_machine_and_a_reboot_keeps_its_record() {
+    use anneal_agent::runner::{run, RunConfig};
+    let server = TestServer::start().await;
+    let token = server.bootstrap_token(2).await;
+    let sysroot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures/uefi-virtio/root");
+    let config = |boot: &str| RunConfig {
+        url: server.api_url.clone(),
+        ca_fingerprint: server.fingerprint(),
+        token: token.clone(),
+        sysroot: sysroot.clone(),
+        run_tools: false,
+        lldp_listen: Duration::ZERO,
+        boot_id: Some(boot.to_string()),
+        once: true,
+    };
+    run(config("boot-1"), Clock::system())
+        .await
+        .expect("first boot");
+    run(config("boot-2"), Clock::system())
+        .await
+        .expect("after reboot");
+
+    let list = machines(&server).await;
+    assert_eq!(list.len(), 1, "a reboot is not a new machine: {list:?}");
+    let id = list[0]["id"].as_str().expect("id");
+    let m: serde_json::Value = server
+        .http()
+        .get(format!("{}/api/v1/machines/{id}", server.api_url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .expect("show")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(m["enrollments"], 2);
+    assert_eq!(m["boot_id"], "boot-2");
+    let inv = &m["inventory"];
+    assert_eq!(inv["system"]["serial"], "SRV-B-0002");
+    assert_eq!(
+        inv["system"]["uuid"],
+        "7c1f0a3e-58b2-4d6a-8e11-0b2c3d4e5f02"
+    );
+    assert_eq!(inv["chassis"]["serial"], "CHS-B-0002");
+    let disks: Vec<(&str, u64)> = inv["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .map(|d| {
+            (
+                d["serial"].as_str().unwrap_or(""),
+                d["size_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(disks.contains(&("NVME-B-0001", 2 << 30)), "{disks:?}");
+    assert!(disks.contains(&("SATA-B-0001", 3 << 30)), "{disks:?}");
+    assert_eq!(list[0]["product"], "Blade Server B");
+    server.stop().await;
+}
