@@ -3,10 +3,10 @@
 use anneal_shared::inventory::{Baseboard, Bios, Bmc, Chassis, CpuSocket, Dimm, System};
 use smbioslib::{
     CoreCount, CoreCount2, IpmiInterfaceType, MemorySize, MemorySizeExtended, MemorySpeed,
-    MemorySpeedExtended, ProcessorSpeed, SMBiosBaseboardInformation, SMBiosData,
-    SMBiosEntryPoint32, SMBiosEntryPoint64, SMBiosInformation, SMBiosIpmiDeviceInformation,
-    SMBiosMemoryDevice, SMBiosProcessorInformation, SMBiosString, SMBiosSystemChassisInformation,
-    SMBiosSystemInformation, SMBiosVersion, SystemUuidData, ThreadCount, ThreadCount2,
+    MemorySpeedExtended, ProcessorSpeed, SMBiosBaseboardInformation, SMBiosData, SMBiosInformation,
+    SMBiosIpmiDeviceInformation, SMBiosMemoryDevice, SMBiosProcessorInformation, SMBiosString,
+    SMBiosSystemChassisInformation, SMBiosSystemInformation, SMBiosVersion, SystemUuidData,
+    ThreadCount, ThreadCount2,
 };
 
 use super::root::Root;
@@ -60,24 +60,48 @@ pub fn collect(root: &Root) -> Result<SmbiosInfo, CollectError> {
 }
 
 /// The SMBIOS version from an entry point (64-bit `_SM3_` or 32-bit `_SM_`).
+///
+/// Parsed here rather than by smbios-lib, whose 32-bit parser indexes past the end of some
+/// malformed entry points; a panic would abort the static agent.
 pub fn entry_point_version(raw: Vec<u8>) -> Result<SMBiosVersion, CollectError> {
-    if raw.starts_with(b"_SM3_") {
-        let ep = SMBiosEntryPoint64::try_from(raw)
-            .map_err(|e| CollectError::Invalid(format!("SMBIOS 3 entry point: {e}")))?;
-        Ok(SMBiosVersion::new(
-            ep.major_version(),
-            ep.minor_version(),
-            ep.docrev(),
-        ))
+    // (anchor, offset of the length byte, offset of major, minor, docrev if any)
+    let (length_at, major_at, minor_at, docrev_at) = if raw.starts_with(b"_SM3_") {
+        (6, 7, 8, Some(9))
+    } else if raw.starts_with(b"_SM_") {
+        (5, 6, 7, None)
     } else {
-        let ep = SMBiosEntryPoint32::try_from(raw)
-            .map_err(|e| CollectError::Invalid(format!("SMBIOS entry point: {e}")))?;
-        Ok(SMBiosVersion::new(
-            ep.major_version(),
-            ep.minor_version(),
-            0,
-        ))
+        return Err(CollectError::Invalid(
+            "SMBIOS entry point has neither an _SM_ nor an _SM3_ anchor".into(),
+        ));
+    };
+    let byte = |i: usize| {
+        raw.get(i).copied().ok_or_else(|| {
+            CollectError::Invalid(format!(
+                "SMBIOS entry point is truncated ({} bytes)",
+                raw.len()
+            ))
+        })
+    };
+    let length = byte(length_at)? as usize;
+    let covered = raw
+        .get(..length)
+        .filter(|c| c.len() > minor_at)
+        .ok_or_else(|| {
+            CollectError::Invalid(format!(
+                "SMBIOS entry point length {length} does not fit its {} bytes",
+                raw.len()
+            ))
+        })?;
+    if covered.iter().fold(0u8, |a, b| a.wrapping_add(*b)) != 0 {
+        return Err(CollectError::Invalid(
+            "SMBIOS entry point checksum mismatch".into(),
+        ));
     }
+    let docrev = match docrev_at {
+        Some(i) => byte(i)?,
+        None => 0,
+    };
+    Ok(SMBiosVersion::new(byte(major_at)?, byte(minor_at)?, docrev))
 }
 
 /// Decodes a raw structure table.
