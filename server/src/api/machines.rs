@@ -16,6 +16,14 @@ use crate::app::App;
 use crate::problem::{ApiError, ApiPath};
 use crate::store::Cas;
 
+/// A machine by id, or a 404 problem naming it.
+async fn find(app: &App, id: MachineId) -> Result<crate::store::MachineRecord, ApiError> {
+    app.store
+        .get_machine(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no machine {id}")))
+}
+
 /// List all machines.
 #[utoipa::path(get, path = "/api/v1/machines", tag = "machines",
     responses((status = 200, body = Vec<MachineSummary>), (status = 401, body = Problem)),
@@ -34,11 +42,7 @@ pub async fn show(
     State(app): State<Arc<App>>,
     ApiPath(id): ApiPath<MachineId>,
 ) -> Result<Json<Machine>, ApiError> {
-    let m = app
-        .store
-        .get_machine(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no machine {id}")))?;
+    let m = find(&app, id).await?;
     Ok(Json(machine_view(m)))
 }
 
@@ -53,11 +57,7 @@ pub async fn approve(
     ApiPath(id): ApiPath<MachineId>,
 ) -> Result<Json<Machine>, ApiError> {
     caller.require(Role::Operator)?;
-    let m = app
-        .store
-        .get_machine(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no machine {id}")))?;
+    let m = find(&app, id).await?;
     if m.state != MachineState::Pending {
         return Err(ApiError::conflict(format!(
             "machine {id} is {}, not pending",
@@ -77,11 +77,7 @@ pub async fn approve(
         }
     }
     tracing::info!(machine_id = %id, by = %caller.token_id, "machine approved");
-    let m = app
-        .store
-        .get_machine(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no machine {id}")))?;
+    let m = find(&app, id).await?;
     Ok(Json(machine_view(m)))
 }
 
@@ -103,9 +99,7 @@ pub async fn revoke(
     ApiPath(id): ApiPath<MachineId>,
 ) -> Result<Json<Revoked>, ApiError> {
     caller.require(Role::Operator)?;
-    if app.store.get_machine(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no machine {id}")));
-    }
+    find(&app, id).await?;
     let revoked = app
         .store
         .revoke_machine_certs(id, OffsetDateTime::now_utc())
