@@ -37,6 +37,8 @@ pub struct Prepared {
     pub server_cert: IssuedCert,
     /// The admin token, only on the very first start (print it once).
     pub first_admin_token: Option<String>,
+    /// The heartbeat writer; finishes after the last `App` is dropped and its queue is written.
+    pub heartbeat_writer: tokio::task::JoinHandle<()>,
 }
 
 /// Stored form of the CA: certificate in clear, key sealed with the master key.
@@ -84,7 +86,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     let server_cert = ca
         .issue_server_cert(&config.advertise, now, time::Duration::days(365))
         .context("issuing the server certificate")?;
-    let heartbeats = crate::heartbeat::spawn_writer(store.clone());
+    let (heartbeats, heartbeat_writer) = crate::heartbeat::spawn_writer(store.clone());
     Ok(Prepared {
         app: Arc::new(App {
             store,
@@ -94,6 +96,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         }),
         server_cert,
         first_admin_token,
+        heartbeat_writer,
     })
 }
 

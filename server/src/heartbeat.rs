@@ -26,10 +26,10 @@ impl HeartbeatSink {
     }
 }
 
-/// Start the writer task.
-pub fn spawn_writer(store: Arc<dyn Store>) -> HeartbeatSink {
+/// Start the writer task. It ends, after writing what is queued, once every sink is dropped.
+pub fn spawn_writer(store: Arc<dyn Store>) -> (HeartbeatSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Heartbeat>(50_000);
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let Some(first) = rx.recv().await else { break };
@@ -57,5 +57,5 @@ pub fn spawn_writer(store: Arc<dyn Store>) -> HeartbeatSink {
             batch.clear();
         }
     });
-    HeartbeatSink(tx)
+    (HeartbeatSink(tx), writer)
 }

@@ -34,6 +34,8 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Finishes when both listeners have drained.
     pub done: JoinHandle<()>,
+    /// Finishes when queued heartbeats are written (after the listeners and `app` are gone).
+    pub heartbeat_writer: JoinHandle<()>,
 }
 
 impl Running {
@@ -41,6 +43,14 @@ impl Running {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
+        // The writer ends once the last handle to the app is gone, after flushing its queue.
+        drop(self.app);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.heartbeat_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("heartbeat writer still busy after 10 s; exiting anyway");
+        }
     }
 }
 
@@ -156,6 +166,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
         first_admin_token: prepared.first_admin_token,
         shutdown,
         done,
+        heartbeat_writer: prepared.heartbeat_writer,
     })
 }
 
