@@ -94,8 +94,6 @@ pub fn decide(hints: &BootHints, cfg: &DhcpConfig, server: Ipv4Addr) -> Option<B
     Some(Boot {
         file,
         next_server: server,
-        vendor_class: hints
-            .vendor_starts(b"PXEClient")
-            .then_some("PXEClient"),
+        vendor_class: hints.vendor_starts(b"PXEClient").then_some("PXEClient"),
     })
 }

@@ -219,9 +219,7 @@ impl DhcpConfig {
         }
         let relayed = subnets.iter().any(|s| s.interface.is_none());
         for name in &interfaces {
-            let direct = subnets
-                .iter()
-                .any(|s| s.interface.as_deref() == Some(name));
+            let direct = subnets.iter().any(|s| s.interface.as_deref() == Some(name));
             if !direct && !relayed {
                 bail!(
                     "dhcp: interface {name} has no subnet to serve; add a [[dhcp.subnets]] \
@@ -307,10 +305,14 @@ fn check_subnet(s: &SubnetFile) -> Result<Subnet> {
         }
     }
     for r in s.reservations.iter().flatten() {
-        let mac =
-            Mac::parse(&r.mac).with_context(|| format!("reservation MAC {:?}", r.mac))?;
+        let mac = Mac::parse(&r.mac).with_context(|| format!("reservation MAC {:?}", r.mac))?;
         if !sub.contains(r.ip) || edge(r.ip) {
-            bail!("reservation {} → {} is outside subnet {}", mac, r.ip, sub.name);
+            bail!(
+                "reservation {} → {} is outside subnet {}",
+                mac,
+                r.ip,
+                sub.name
+            );
         }
         if sub.reservations.iter().any(|(m, _)| *m == mac) {
             bail!("MAC {mac} is reserved twice");

@@ -222,7 +222,12 @@ fn select<'c>(req: &Req<'_>, ctx: &Ctx<'c>) -> Result<(&'c Subnet, Ipv4Addr), &'
 }
 
 /// Handle one raw packet.
-pub async fn handle(raw: &[u8], ctx: &Ctx<'_>, leases: &dyn Leases, now: OffsetDateTime) -> Outcome {
+pub async fn handle(
+    raw: &[u8],
+    ctx: &Ctx<'_>,
+    leases: &dyn Leases,
+    now: OffsetDateTime,
+) -> Outcome {
     let msg = match parse(raw) {
         Ok(m) => m,
         Err(reason) => return Outcome::Drop(reason),
@@ -279,9 +284,7 @@ pub async fn handle_message(
             };
             let allowed = match reserved {
                 Some(r) => ip == r,
-                None => {
-                    subnet.in_range(ip) && !subnet.reservations.iter().any(|(_, r)| *r == ip)
-                }
+                None => subnet.in_range(ip) && !subnet.reservations.iter().any(|(_, r)| *r == ip),
             };
             if !subnet.contains(ip) || !allowed {
                 return nak(&req, server, "requested address not valid here");

@@ -23,12 +23,14 @@ pub fn bind(iface: &str, port: u16) -> Result<UdpSocket> {
         .context("creating the DHCP socket")?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
-    s.bind_device(Some(iface.as_bytes()))
-        .with_context(|| format!("binding the DHCP socket to interface {iface} (needs root or CAP_NET_RAW)"))?;
+    s.bind_device(Some(iface.as_bytes())).with_context(|| {
+        format!("binding the DHCP socket to interface {iface} (needs root or CAP_NET_RAW)")
+    })?;
     s.set_nonblocking(true)?;
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    s.bind(&addr.into())
-        .with_context(|| format!("binding DHCP on {iface} port {port} (needs root or CAP_NET_BIND_SERVICE)"))?;
+    s.bind(&addr.into()).with_context(|| {
+        format!("binding DHCP on {iface} port {port} (needs root or CAP_NET_BIND_SERVICE)")
+    })?;
     UdpSocket::from_std(s.into()).context("registering the DHCP socket")
 }
 
