@@ -165,3 +165,6 @@ async fn send(sock: &UdpSocket, iface: &str, outcome: Outcome) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
