@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Seconds between agent heartbeats [default: 10].
     #[arg(long, env = "ANNEAL_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u32>,
+    /// Answer DHCP on these interfaces, comma-separated (subnets: `[[dhcp.subnets]]` in the
+    /// file) [default: none — DHCP is off].
+    #[arg(long, env = "ANNEAL_DHCP_INTERFACE", value_delimiter = ',')]
+    pub dhcp_interface: Option<Vec<String>>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -57,6 +61,7 @@ struct FileConfig {
     require_approval: Option<bool>,
     client_cert_secs: Option<u64>,
     heartbeat_secs: Option<u32>,
+    dhcp: Option<crate::dhcp::DhcpFile>,
 }
 
 /// Fully resolved configuration.
@@ -78,6 +83,8 @@ pub struct Config {
     pub client_cert_secs: u64,
     /// Heartbeat interval told to agents.
     pub heartbeat_secs: u32,
+    /// DHCP (off unless an interface or subnet is configured).
+    pub dhcp: crate::dhcp::DhcpConfig,
 }
 
 impl Config {
@@ -102,7 +109,12 @@ impl Config {
             .clone()
             .or(file.advertise)
             .unwrap_or_else(default_advertise);
+        let dhcp = crate::dhcp::DhcpConfig::resolve(
+            file.dhcp.as_ref(),
+            args.dhcp_interface.as_deref().unwrap_or_default(),
+        )?;
         Ok(Config {
+            dhcp,
             database,
             api_listen: args
                 .api_listen

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dhcp;
 pub mod enroll;
 pub mod heartbeat;
 pub mod http_util;

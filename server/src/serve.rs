@@ -140,6 +140,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let agent_cfg = Arc::new(crate::agent_api::tls_config(&app, &prepared.server_cert)?);
 
     let shutdown = CancellationToken::new();
+    let dhcp = crate::dhcp::start(&app.config.dhcp, app.store.clone(), shutdown.clone())?;
     let api = tokio::spawn(crate::tls::serve(
         "api",
         api_listener,
@@ -157,6 +158,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let done = tokio::spawn(async move {
         let _ = api.await;
         let _ = agent.await;
+        let _ = dhcp.await;
     });
     tracing::info!(%api_addr, %agent_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
     Ok(Running {

@@ -26,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (DHCP/TFTP/HTTP boot services come in later releases).
+    /// Run the server (DHCP when configured; TFTP/HTTP boot services come in later releases).
     Serve(ServeArgs),
     /// List, inspect, approve and revoke machines.
     Machines {

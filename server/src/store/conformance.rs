@@ -30,6 +30,8 @@ where
     reenrollment_in_the_same_boot_raises_an_alert(make().await).await;
     revocation_and_certs(make().await).await;
     heartbeats_and_inventory(make().await).await;
+    leases_offer_bind_release_decline(make().await).await;
+    concurrent_offers_never_share_an_address(make().await).await;
 }
 
 fn now() -> OffsetDateTime {
@@ -455,4 +457,201 @@ pub async fn heartbeats_and_inventory(store: Arc<dyn Store>) {
         .expect("exists");
     assert_eq!(m.inventory.as_ref(), Some(&inv));
     assert!(m.inventory_at.is_some());
+}
+
+fn lease_offer(mac: &str, lo: [u8; 4], hi: [u8; 4]) -> LeaseOp {
+    LeaseOp::Offer {
+        subnet: "10.9.0.0/24".into(),
+        mac: mac.into(),
+        range: (lo.into(), hi.into()),
+        fixed: None,
+        requested: None,
+        exclude: vec![],
+        hold_until: now() + Duration::seconds(60),
+        hostname: None,
+    }
+}
+
+async fn one_lease_op(store: &Arc<dyn Store>, op: LeaseOp) -> LeaseOutcome {
+    let mut out = store.apply_lease_ops(&[op], now()).await.expect("lease op");
+    assert_eq!(out.len(), 1, "one outcome per op");
+    out.remove(0)
+}
+
+/// Offer → bind → renew keeps the address; another MAC cannot bind it; release frees it but the
+/// client gets it back; decline keeps it away from everyone; reservations are exact.
+pub async fn leases_offer_bind_release_decline(store: Arc<dyn Store>) {
+    use std::net::Ipv4Addr;
+    let (a, b) = ("00:00:5e:00:53:0a", "00:00:5e:00:53:0b");
+    let LeaseOutcome::Leased(ip) =
+        one_lease_op(&store, lease_offer(a, [10, 9, 0, 10], [10, 9, 0, 12])).await
+    else {
+        panic!("offer")
+    };
+    assert_eq!(ip, Ipv4Addr::new(10, 9, 0, 10), "lowest free address first");
+    let bind = |mac: &str, ip: Ipv4Addr| LeaseOp::Bind {
+        subnet: "10.9.0.0/24".into(),
+        mac: mac.into(),
+        ip,
+        expires_at: now() + Duration::hours(1),
+        hostname: Some("h".into()),
+    };
+    assert_eq!(
+        one_lease_op(&store, bind(a, ip)).await,
+        LeaseOutcome::Leased(ip)
+    );
+    assert_eq!(
+        one_lease_op(&store, bind(a, ip)).await,
+        LeaseOutcome::Leased(ip),
+        "renew"
+    );
+    assert_eq!(
+        one_lease_op(&store, bind(b, ip)).await,
+        LeaseOutcome::Conflict
+    );
+    // A new DISCOVER from the holder offers the same address and keeps it bound.
+    assert_eq!(
+        one_lease_op(&store, lease_offer(a, [10, 9, 0, 10], [10, 9, 0, 12])).await,
+        LeaseOutcome::Leased(ip)
+    );
+    let rec = store.get_lease(ip).await.expect("get").expect("row");
+    assert_eq!(
+        rec.state,
+        LeaseState::Bound,
+        "an offer never downgrades a bound lease"
+    );
+    assert_eq!(rec.mac, a);
+    // b gets another address.
+    let LeaseOutcome::Leased(ip_b) =
+        one_lease_op(&store, lease_offer(b, [10, 9, 0, 10], [10, 9, 0, 12])).await
+    else {
+        panic!("offer b")
+    };
+    assert_ne!(ip_b, ip);
+    // Release: only the holder can.
+    assert_eq!(
+        one_lease_op(&store, LeaseOp::Release { mac: b.into(), ip }).await,
+        LeaseOutcome::Applied(false)
+    );
+    assert_eq!(
+        one_lease_op(&store, LeaseOp::Release { mac: a.into(), ip }).await,
+        LeaseOutcome::Applied(true)
+    );
+    assert_eq!(
+        store.get_lease(ip).await.expect("get").expect("row").state,
+        LeaseState::Released
+    );
+    assert_eq!(
+        one_lease_op(&store, lease_offer(a, [10, 9, 0, 10], [10, 9, 0, 12])).await,
+        LeaseOutcome::Leased(ip),
+        "a released client gets its address back"
+    );
+    // Decline: nobody gets it until it runs out.
+    assert_eq!(
+        one_lease_op(
+            &store,
+            LeaseOp::Decline {
+                mac: a.into(),
+                ip,
+                until: now() + Duration::hours(1)
+            }
+        )
+        .await,
+        LeaseOutcome::Applied(true)
+    );
+    assert_eq!(
+        one_lease_op(&store, bind(a, ip)).await,
+        LeaseOutcome::Conflict
+    );
+    let LeaseOutcome::Leased(ip_a2) =
+        one_lease_op(&store, lease_offer(a, [10, 9, 0, 10], [10, 9, 0, 12])).await
+    else {
+        panic!("offer after decline")
+    };
+    assert!(ip_a2 != ip && ip_a2 != ip_b);
+    // Range full (3 addresses: declined, b, a) → exhausted for a fourth client.
+    assert_eq!(
+        one_lease_op(
+            &store,
+            lease_offer("00:00:5e:00:53:0c", [10, 9, 0, 10], [10, 9, 0, 12])
+        )
+        .await,
+        LeaseOutcome::Exhausted
+    );
+    // Reservation: exactly that address or nothing; excluded from others' dynamic picks.
+    let reserved = Ipv4Addr::new(10, 9, 0, 50);
+    let mut op = lease_offer("00:00:5e:00:53:0d", [10, 9, 0, 10], [10, 9, 0, 12]);
+    if let LeaseOp::Offer { fixed, .. } = &mut op {
+        *fixed = Some(reserved);
+    }
+    assert_eq!(
+        one_lease_op(&store, op).await,
+        LeaseOutcome::Leased(reserved)
+    );
+    let mut op = lease_offer("00:00:5e:00:53:0e", [10, 9, 0, 50], [10, 9, 0, 51]);
+    if let LeaseOp::Offer { exclude, .. } = &mut op {
+        *exclude = vec![reserved];
+    }
+    assert_eq!(
+        one_lease_op(&store, op).await,
+        LeaseOutcome::Leased(Ipv4Addr::new(10, 9, 0, 51))
+    );
+    // Several ops in one batch, each deciding on its own.
+    let out = store
+        .apply_lease_ops(&[bind(b, ip_b), bind(b, ip_a2)], now())
+        .await
+        .expect("batch");
+    assert_eq!(
+        out,
+        vec![LeaseOutcome::Leased(ip_b), LeaseOutcome::Conflict]
+    );
+    assert_eq!(store.leases_of(b).await.expect("of").len(), 1);
+    assert!(store.list_leases().await.expect("list").len() >= 5);
+}
+
+/// Many tasks offer and bind at once: every client gets an address, no address is handed to
+/// two MACs, and every bound lease is stored.
+pub async fn concurrent_offers_never_share_an_address(store: Arc<dyn Store>) {
+    let clients = 64u32;
+    let mut tasks = Vec::new();
+    for n in 0..clients {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mac = format!("02:00:00:00:{:02x}:{:02x}", n >> 8, n & 0xff);
+            let LeaseOutcome::Leased(ip) =
+                one_lease_op(&store, lease_offer(&mac, [10, 9, 0, 1], [10, 9, 0, 254])).await
+            else {
+                panic!("offer for {mac}")
+            };
+            let out = one_lease_op(
+                &store,
+                LeaseOp::Bind {
+                    subnet: "10.9.0.0/24".into(),
+                    mac: mac.clone(),
+                    ip,
+                    expires_at: now() + Duration::hours(1),
+                    hostname: None,
+                },
+            )
+            .await;
+            assert_eq!(out, LeaseOutcome::Leased(ip), "bind for {mac}");
+            (mac, ip)
+        }));
+    }
+    let mut seen = std::collections::HashMap::new();
+    for t in tasks {
+        let (mac, ip) = t.await.expect("task");
+        if let Some(other) = seen.insert(ip, mac.clone()) {
+            panic!("{ip} handed to {other} and {mac}");
+        }
+    }
+    let stored = store.list_leases().await.expect("list");
+    let bound: Vec<_> = stored
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .collect();
+    assert_eq!(bound.len(), clients as usize, "every lease stored");
+    for l in bound {
+        assert_eq!(seen.get(&l.ip), Some(&l.mac), "stored holder matches");
+    }
 }

@@ -6,7 +6,9 @@
 //! read-modify-write. `conformance` holds the suite every engine must pass.
 
 pub mod conformance;
+pub mod leases;
 mod sqlite;
+mod sqlite_leases;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use time::OffsetDateTime;
 
 use crate::identity::Evidence;
 
+pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
 pub use sqlite::SqliteStore;
 
 /// A store error: the engine failed, or stored data could not be read back.
@@ -261,7 +264,7 @@ pub enum Cas {
 
 /// The engine-neutral persistence interface.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: LeaseStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 

@@ -27,11 +27,11 @@ use crate::identity::{self, Candidate, Decision, Evidence, IdKind, Identifier};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(super) writer: SqlitePool,
+    pub(super) reader: SqlitePool,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 

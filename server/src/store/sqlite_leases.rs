@@ -1,0 +1,328 @@
+//! [`LeaseStore`] on SQLite. Every write is a conditional upsert/update on the address's row;
+//! the affected-row count says whether this operation won.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use super::leases::*;
+use super::sqlite::db;
+use super::{from_ms, to_ms, SqliteStore, StoreError, StoreResult};
+
+/// How many never-used addresses one offer tries before it looks at expired ones (each try only
+/// fails when another server took that address a moment ago).
+const FRESH_TRIES: usize = 32;
+/// How many expired or released addresses one offer tries.
+const REUSE_TRIES: i64 = 32;
+
+fn ip_num(ip: Ipv4Addr) -> i64 {
+    i64::from(u32::from(ip))
+}
+
+fn lease_from_row(r: &SqliteRow) -> StoreResult<LeaseRecord> {
+    let ip: i64 = r.try_get("ip").map_err(db)?;
+    let ip = u32::try_from(ip).map_err(|e| StoreError::Corrupt {
+        what: "lease ip",
+        detail: e.to_string(),
+    })?;
+    let state: String = r.try_get("state").map_err(db)?;
+    Ok(LeaseRecord {
+        ip: Ipv4Addr::from(ip),
+        mac: r.try_get("mac").map_err(db)?,
+        subnet: r.try_get("subnet").map_err(db)?,
+        state: LeaseState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            what: "lease state",
+            detail: state.clone(),
+        })?,
+        expires_at: from_ms(r.try_get("expires_at").map_err(db)?)?,
+        hostname: r.try_get("hostname").map_err(db)?,
+        updated_at: from_ms(r.try_get("updated_at").map_err(db)?)?,
+    })
+}
+
+const COLS: &str = "ip, mac, subnet, state, expires_at, hostname, updated_at";
+
+/// Claim `ip` for `mac` in `state` until `until`, if the row is absent, already this MAC's (and
+/// not declined), released, or expired. A bound lease of the same MAC is never shortened or
+/// downgraded by an offer. True when claimed.
+#[allow(clippy::too_many_arguments)]
+async fn claim(
+    tx: &mut Transaction<'_, Sqlite>,
+    ip: Ipv4Addr,
+    mac: &str,
+    subnet: &str,
+    state: LeaseState,
+    until: OffsetDateTime,
+    hostname: Option<&str>,
+    now: OffsetDateTime,
+) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO leases (ip, mac, subnet, state, expires_at, hostname, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT(ip) DO UPDATE SET \
+           state = CASE WHEN excluded.state = 'offered' AND leases.mac = excluded.mac \
+                         AND leases.state = 'bound' AND leases.expires_at > ?7 \
+                        THEN 'bound' ELSE excluded.state END, \
+           expires_at = CASE WHEN excluded.state = 'offered' AND leases.mac = excluded.mac \
+                         AND leases.state = 'bound' AND leases.expires_at > ?7 \
+                        THEN MAX(leases.expires_at, excluded.expires_at) \
+                        ELSE excluded.expires_at END, \
+           mac = excluded.mac, subnet = excluded.subnet, \
+           hostname = COALESCE(excluded.hostname, leases.hostname), \
+           updated_at = excluded.updated_at \
+         WHERE (leases.state <> 'declined' AND (leases.mac = excluded.mac OR leases.state = 'released')) \
+            OR leases.expires_at <= ?7",
+    )
+    .bind(ip_num(ip))
+    .bind(mac)
+    .bind(subnet)
+    .bind(state.as_str())
+    .bind(to_ms(until))
+    .bind(hostname)
+    .bind(to_ms(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    // One live lease per client and subnet: its other addresses are given back.
+    sqlx::query(
+        "UPDATE leases SET state = 'released', expires_at = MIN(expires_at, ?1), updated_at = ?1 \
+         WHERE mac = ?2 AND subnet = ?3 AND ip <> ?4 AND state IN ('offered', 'bound')",
+    )
+    .bind(to_ms(now))
+    .bind(mac)
+    .bind(subnet)
+    .bind(ip_num(ip))
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(true)
+}
+
+async fn offer(
+    tx: &mut Transaction<'_, Sqlite>,
+    op: &LeaseOp,
+    now: OffsetDateTime,
+) -> StoreResult<LeaseOutcome> {
+    let LeaseOp::Offer {
+        subnet,
+        mac,
+        range,
+        fixed,
+        requested,
+        exclude,
+        hold_until,
+        hostname,
+    } = op
+    else {
+        return Ok(LeaseOutcome::Exhausted);
+    };
+    let host = hostname.as_deref();
+    let offered = LeaseState::Offered;
+    if let Some(ip) = fixed {
+        return Ok(
+            if claim(tx, *ip, mac, subnet, offered, *hold_until, host, now).await? {
+                LeaseOutcome::Leased(*ip)
+            } else {
+                LeaseOutcome::Exhausted
+            },
+        );
+    }
+    let (lo, hi) = (u32::from(range.0), u32::from(range.1));
+    let usable = |ip: Ipv4Addr| {
+        let n = u32::from(ip);
+        n >= lo && n <= hi && !exclude.contains(&ip)
+    };
+    // 1. The client's own address (current, or the latest it had).
+    let mine = sqlx::query(
+        "SELECT ip FROM leases WHERE mac = ? AND subnet = ? AND state <> 'declined' \
+         ORDER BY updated_at DESC LIMIT 4",
+    )
+    .bind(mac)
+    .bind(subnet)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut candidates = Vec::new();
+    for r in &mine {
+        let n: i64 = r.try_get("ip").map_err(db)?;
+        if let Ok(n) = u32::try_from(n) {
+            candidates.push(Ipv4Addr::from(n));
+        }
+    }
+    // 2. What it asked for.
+    candidates.extend(requested.iter().copied());
+    for ip in candidates {
+        if usable(ip) && claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+            return Ok(LeaseOutcome::Leased(ip));
+        }
+    }
+    // 3. A never-used address.
+    let used: HashSet<u32> = sqlx::query("SELECT ip FROM leases WHERE ip BETWEEN ? AND ?")
+        .bind(i64::from(lo))
+        .bind(i64::from(hi))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .filter_map(|r| r.try_get::<i64, _>("ip").ok())
+        .filter_map(|n| u32::try_from(n).ok())
+        .collect();
+    let mut tries = 0;
+    for n in lo..=hi {
+        let ip = Ipv4Addr::from(n);
+        if used.contains(&n) || !usable(ip) {
+            continue;
+        }
+        if claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+            return Ok(LeaseOutcome::Leased(ip));
+        }
+        tries += 1;
+        if tries >= FRESH_TRIES {
+            break;
+        }
+    }
+    // 4. The longest-free expired or released address.
+    let stale = sqlx::query(
+        "SELECT ip FROM leases WHERE ip BETWEEN ?1 AND ?2 \
+         AND (expires_at <= ?3 OR state = 'released') ORDER BY expires_at LIMIT ?4",
+    )
+    .bind(i64::from(lo))
+    .bind(i64::from(hi))
+    .bind(to_ms(now))
+    .bind(REUSE_TRIES)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    for r in &stale {
+        let Ok(n) = u32::try_from(r.try_get::<i64, _>("ip").map_err(db)?) else {
+            continue;
+        };
+        let ip = Ipv4Addr::from(n);
+        if usable(ip) && claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+            return Ok(LeaseOutcome::Leased(ip));
+        }
+    }
+    Ok(LeaseOutcome::Exhausted)
+}
+
+async fn apply_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    op: &LeaseOp,
+    now: OffsetDateTime,
+) -> StoreResult<LeaseOutcome> {
+    match op {
+        LeaseOp::Offer { .. } => offer(tx, op, now).await,
+        LeaseOp::Bind {
+            subnet,
+            mac,
+            ip,
+            expires_at,
+            hostname,
+        } => Ok(
+            if claim(
+                tx,
+                *ip,
+                mac,
+                subnet,
+                LeaseState::Bound,
+                *expires_at,
+                hostname.as_deref(),
+                now,
+            )
+            .await?
+            {
+                LeaseOutcome::Leased(*ip)
+            } else {
+                LeaseOutcome::Conflict
+            },
+        ),
+        LeaseOp::Release { mac, ip } => {
+            let done = sqlx::query(
+                "UPDATE leases SET state = 'released', expires_at = MIN(expires_at, ?1), \
+                 updated_at = ?1 WHERE ip = ?2 AND mac = ?3 AND state IN ('offered', 'bound')",
+            )
+            .bind(to_ms(now))
+            .bind(ip_num(*ip))
+            .bind(mac)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(LeaseOutcome::Applied(done.rows_affected() == 1))
+        }
+        LeaseOp::Decline { mac, ip, until } => {
+            let done = sqlx::query(
+                "UPDATE leases SET state = 'declined', expires_at = ?1, updated_at = ?2 \
+                 WHERE ip = ?3 AND mac = ?4 AND state IN ('offered', 'bound')",
+            )
+            .bind(to_ms(*until))
+            .bind(to_ms(now))
+            .bind(ip_num(*ip))
+            .bind(mac)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(LeaseOutcome::Applied(done.rows_affected() == 1))
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn apply_lease_ops(
+        &self,
+        ops: &[LeaseOp],
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<LeaseOutcome>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(apply_one(&mut tx, op, now).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn get_lease(&self, ip: Ipv4Addr) -> StoreResult<Option<LeaseRecord>> {
+        sqlx::query(&format!("SELECT {COLS} FROM leases WHERE ip = ?"))
+            .bind(ip_num(ip))
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(lease_from_row)
+            .transpose()
+    }
+
+    async fn leases_of(&self, mac: &str) -> StoreResult<Vec<LeaseRecord>> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM leases WHERE mac = ? ORDER BY ip"
+        ))
+        .bind(mac)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(lease_from_row)
+        .collect()
+    }
+
+    async fn list_leases(&self) -> StoreResult<Vec<LeaseRecord>> {
+        sqlx::query(&format!("SELECT {COLS} FROM leases ORDER BY ip"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(lease_from_row)
+            .collect()
+    }
+}
