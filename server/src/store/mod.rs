@@ -5,8 +5,10 @@
 //! compare-and-set: a conditional update whose affected-row count says who won, never a plain
 //! read-modify-write. `conformance` holds the suite every engine must pass.
 
+pub mod boot;
 pub mod conformance;
 mod sqlite;
+mod sqlite_boot;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use time::OffsetDateTime;
 
 use crate::identity::Evidence;
 
+pub use boot::{BootMachine, BootStore};
 pub use sqlite::SqliteStore;
 
 /// A store error: the engine failed, or stored data could not be read back.
@@ -182,6 +185,8 @@ pub enum TokenRefusal {
     UsedUp,
     /// Bound to a MAC the enrolling machine does not have.
     WrongMac,
+    /// Minted for a known machine (a rediscovery boot), and the evidence is not that machine.
+    WrongMachine,
 }
 
 /// The outcome of an enrollment transaction.
@@ -259,9 +264,10 @@ pub enum Cas {
     Conflict,
 }
 
-/// The engine-neutral persistence interface.
+/// The engine-neutral persistence interface. Concerns with their own tables add their methods
+/// as supertraits, each in its own file (`boot.rs`: [`BootStore`]).
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: BootStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 
