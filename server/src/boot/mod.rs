@@ -196,26 +196,18 @@ async fn artifact(
 /// What iPXE told us about itself, cleaned.
 struct Client {
     mac: Option<String>,
-    uuids: Vec<String>,
+    uuid: Option<String>,
     platform: &'static str,
     buildarch: String,
 }
 
 fn client_from_query(q: &HashMap<String, String>) -> Client {
     let mac = q.get("mac").and_then(|m| identity::normalize_mac(m));
-    let mut uuids = Vec::new();
-    if let Some(u) = q
+    // Placeholder UUIDs (all-zero, well-known defaults) never point at a machine.
+    let uuid = q
         .get("uuid")
         .and_then(|u| identity::normalize_uuid_text(u))
-        .filter(|u| !identity::is_placeholder_uuid(u))
-    {
-        if let Some(s) = identity::uuid_byte_swapped(&u) {
-            uuids.push(u);
-            uuids.push(s);
-        } else {
-            uuids.push(u);
-        }
-    }
+        .filter(|u| !identity::is_placeholder_uuid(u));
     let platform = match q.get("platform").map(String::as_str) {
         Some("efi") => "efi",
         Some("pcbios") => "pcbios",
@@ -224,7 +216,7 @@ fn client_from_query(q: &HashMap<String, String>) -> Client {
     let buildarch = render::ipxe_safe(q.get("buildarch").map(String::as_str).unwrap_or(""), 16);
     Client {
         mac,
-        uuids,
+        uuid,
         platform,
         buildarch,
     }
@@ -273,7 +265,12 @@ async fn choose_and_render(
             ),
         );
     };
-    let found = match boot.app.store.boot_lookup(&client.uuids, Some(&mac)).await {
+    let found = match boot
+        .app
+        .store
+        .boot_lookup(client.uuid.as_deref(), Some(&mac))
+        .await
+    {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, %mac, "boot lookup failed");

@@ -29,12 +29,12 @@ pub struct BootMachine {
 /// Store methods of the boot service.
 #[async_trait]
 pub trait BootStore: Send + Sync {
-    /// The machine a PXE client is, if known: first by SMBIOS UUID (`uuids` holds the canonical
-    /// text and its byte-swapped form) through the identifiers table, then by `mac` through the
-    /// boot-MAC index. Routing only: never used to decide identity.
+    /// The machine a PXE client is, if known: first by SMBIOS UUID (canonical text; its
+    /// byte-swapped form counts too) through the identifiers table, then by `mac` (canonical)
+    /// through the boot-MAC index. Routing only: never used to decide identity.
     async fn boot_lookup(
         &self,
-        uuids: &[String],
+        uuid: Option<&str>,
         mac: Option<&str>,
     ) -> StoreResult<Option<BootMachine>>;
 

@@ -8,16 +8,22 @@ use time::OffsetDateTime;
 use super::boot::{BootMachine, BootStore};
 use super::sqlite::{db, parse_id, SqliteStore};
 use super::{to_ms, BootstrapTokenRecord, StoreResult};
+use crate::identity;
 
 #[async_trait]
 impl BootStore for SqliteStore {
     async fn boot_lookup(
         &self,
-        uuids: &[String],
+        uuid: Option<&str>,
         mac: Option<&str>,
     ) -> StoreResult<Option<BootMachine>> {
         let mut found: Option<(String, &'static str)> = None;
-        for uuid in uuids {
+        let mut uuids: Vec<String> = Vec::new();
+        if let Some(u) = uuid {
+            uuids.push(u.to_string());
+            uuids.extend(identity::uuid_byte_swapped(u));
+        }
+        for uuid in &uuids {
             let row =
                 sqlx::query("SELECT machine_id FROM identifiers WHERE kind = 'uuid' AND value = ?")
                     .bind(uuid)
