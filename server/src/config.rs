@@ -47,6 +47,13 @@ pub struct ServeArgs {
     /// file) [default: none — DHCP is off].
     #[arg(long, env = "ANNEAL_DHCP_INTERFACE", value_delimiter = ',')]
     pub dhcp_interface: Option<Vec<String>>,
+    /// Plain HTTP for iPXE scripts and boot artifacts [default: 0.0.0.0:8080].
+    #[arg(long, env = "ANNEAL_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Directory holding the discovery image's `vmlinuz` and `initrd.img`
+    /// [default: DATA_DIR/images/discovery].
+    #[arg(long, env = "ANNEAL_DISCOVERY_DIR")]
+    pub discovery_dir: Option<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -62,6 +69,8 @@ struct FileConfig {
     client_cert_secs: Option<u64>,
     heartbeat_secs: Option<u32>,
     dhcp: Option<crate::dhcp::DhcpFile>,
+    http_listen: Option<SocketAddr>,
+    discovery_dir: Option<PathBuf>,
 }
 
 /// Fully resolved configuration.
@@ -85,6 +94,10 @@ pub struct Config {
     pub heartbeat_secs: u32,
     /// DHCP (off unless an interface or subnet is configured).
     pub dhcp: crate::dhcp::DhcpConfig,
+    /// Plain HTTP listener for iPXE.
+    pub http_listen: SocketAddr,
+    /// The discovery image's kernel and initrd.
+    pub discovery_dir: PathBuf,
 }
 
 impl Config {
@@ -139,6 +152,15 @@ impl Config {
                 .or(file.heartbeat_secs)
                 .unwrap_or(10)
                 .max(1),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| "0.0.0.0:8080".parse().expect("literal address")),
+            discovery_dir: args
+                .discovery_dir
+                .clone()
+                .or(file.discovery_dir)
+                .unwrap_or_else(|| data_dir.join("images").join("discovery")),
             data_dir,
         })
     }
@@ -210,6 +232,8 @@ mod tests {
         assert!(c.require_approval, "file wins over default");
         assert_eq!(c.api_listen.port(), 9443);
         assert_eq!(c.agent_listen.port(), 8444, "default");
+        assert_eq!(c.http_listen.port(), 8080, "default");
+        assert!(c.discovery_dir.ends_with("anneal-data/images/discovery"));
         assert!(c.database.ends_with("anneal-data/anneal.db"));
 
         std::fs::write(&path, "requre_approval = true\n").unwrap();

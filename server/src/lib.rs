@@ -5,6 +5,7 @@
 pub mod agent_api;
 pub mod api;
 pub mod app;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod dhcp;

@@ -28,11 +28,13 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the agent API listens.
     pub agent_addr: SocketAddr,
+    /// Where plain HTTP for iPXE (scripts, artifacts) listens.
+    pub http_addr: SocketAddr,
     /// The admin token, on the very first start only.
     pub first_admin_token: Option<String>,
     /// Cancel to stop.
     pub shutdown: CancellationToken,
-    /// Finishes when both listeners have drained.
+    /// Finishes when every listener has drained.
     pub done: JoinHandle<()>,
     /// Finishes when queued heartbeats are written (after the listeners and `app` are gone).
     pub heartbeat_writer: JoinHandle<()>,
@@ -129,11 +131,16 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let agent_listener = TcpListener::bind(config.agent_listen)
         .await
         .with_context(|| format!("binding the agent listener on {}", config.agent_listen))?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding the boot HTTP listener on {}", config.http_listen))?;
     let api_addr = api_listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
     // The configured ports may be 0 (tests); agents must be told the real ones.
     config.api_listen = api_addr;
     config.agent_listen = agent_addr;
+    config.http_listen = http_addr;
     let prepared = app::prepare(config).await?;
     let app = prepared.app;
     let api_cfg = Arc::new(api_tls(&app, &prepared.server_cert)?);
@@ -155,16 +162,23 @@ pub async fn start(mut config: Config) -> Result<Running> {
         crate::agent_api::router(app.clone()),
         shutdown.clone(),
     ));
+    let http = tokio::spawn(crate::boot::serve(
+        http_listener,
+        app.clone(),
+        shutdown.clone(),
+    ));
     let done = tokio::spawn(async move {
         let _ = api.await;
         let _ = agent.await;
         let _ = dhcp.await;
+        let _ = http.await;
     });
-    tracing::info!(%api_addr, %agent_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
+    tracing::info!(%api_addr, %agent_addr, %http_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
     Ok(Running {
         app,
         api_addr,
         agent_addr,
+        http_addr,
         first_admin_token: prepared.first_admin_token,
         shutdown,
         done,
@@ -182,6 +196,10 @@ pub async fn run(config: Config) -> Result<()> {
     eprintln!(
         "  agent API (mutual TLS):    https://{}",
         running.agent_addr
+    );
+    eprintln!(
+        "  iPXE (plain HTTP):         http://{}/boot.ipxe",
+        running.http_addr
     );
     eprintln!("  CA fingerprint:            {ca_fp}");
     if let Some(token) = &running.first_admin_token {

@@ -37,6 +37,7 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
         data_dir: Some(dir.path().to_path_buf()),
         api_listen: Some("127.0.0.1:0".parse().unwrap()),
         agent_listen: Some("127.0.0.1:0".parse().unwrap()),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
         advertise: Some(vec!["127.0.0.1".into()]),
         require_approval: Some(true),
         ..Default::default()

@@ -14,6 +14,8 @@ fn start(dir: &std::path::Path) -> (Child, u16, Vec<String>) {
             "127.0.0.1:0",
             "--agent-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir)

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub admin_token: String,
     /// `https://127.0.0.1:PORT` of the operator API and enrollment.
     pub api_url: String,
+    /// `http://127.0.0.1:PORT` of the plain-HTTP boot listener (iPXE scripts, artifacts).
+    pub http_url: String,
 }
 
 impl TestServer {
@@ -35,6 +37,7 @@ impl TestServer {
             data_dir: Some(dir.path().to_path_buf()),
             api_listen: Some("127.0.0.1:0".parse().expect("addr")),
             agent_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            http_listen: Some("127.0.0.1:0".parse().expect("addr")),
             advertise: Some(vec!["127.0.0.1".into(), "localhost".into()]),
             ..Default::default()
         };
@@ -46,11 +49,13 @@ impl TestServer {
             .clone()
             .expect("first start makes an admin token");
         let api_url = format!("https://127.0.0.1:{}", running.api_addr.port());
+        let http_url = format!("http://127.0.0.1:{}", running.http_addr.port());
         TestServer {
             running,
             dir,
             admin_token,
             api_url,
+            http_url,
         }
     }
 
@@ -108,12 +113,14 @@ impl TestServer {
     pub async fn restart(self) -> TestServer {
         let api = self.running.api_addr;
         let agent = self.running.agent_addr;
+        let http = self.running.http_addr;
         let token = self.admin_token.clone();
         self.running.stop().await;
         let args = ServeArgs {
             data_dir: Some(self.dir.path().to_path_buf()),
             api_listen: Some(api),
             agent_listen: Some(agent),
+            http_listen: Some(http),
             advertise: Some(vec!["127.0.0.1".into(), "localhost".into()]),
             ..Default::default()
         };
@@ -129,6 +136,7 @@ impl TestServer {
             dir: self.dir,
             admin_token: token,
             api_url: self.api_url,
+            http_url: self.http_url,
         }
     }
 

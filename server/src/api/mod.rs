@@ -3,6 +3,7 @@
 //! and checked by a test).
 
 mod auth;
+mod boot;
 mod machines;
 mod tokens;
 
@@ -27,6 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/machines/{id}", get(machines::show))
         .route("/api/v1/machines/{id}/approve", post(machines::approve))
         .route("/api/v1/machines/{id}/revoke", post(machines::revoke))
+        .route("/api/v1/machines/{id}/rediscover", post(boot::rediscover))
         .route("/api/v1/quarantine", get(machines::quarantine))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
         .layer(middleware::from_fn_with_state(
@@ -45,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         machines::show,
         machines::approve,
         machines::revoke,
+        boot::rediscover,
         machines::quarantine,
         tokens::create,
         tokens::list,

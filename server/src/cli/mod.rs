@@ -100,6 +100,8 @@ enum MachinesCmd {
     Approve { id: String },
     /// Revoke a machine's certificates: its agent is refused from its next request.
     Revoke { id: String },
+    /// Boot a known machine into the discovery image at its next PXE boot.
+    Rediscover { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +221,17 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
                 "machine {id}: {} certificate(s) revoked",
                 r.get("revoked").and_then(|v| v.as_u64()).unwrap_or(0)
             );
+            Ok(())
+        }
+        MachinesCmd::Rediscover { id } => {
+            let id = resolve_id(&api, &id).await?;
+            let _: serde_json::Value = api
+                .post(
+                    &format!("/api/v1/machines/{id}/rediscover"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("machine {id} boots the discovery image at its next PXE boot");
             Ok(())
         }
     }

@@ -156,6 +156,10 @@ async fn enroll(
                     "wrong_mac",
                     "bootstrap token is bound to a MAC address this machine did not present",
                 ),
+                TokenRefusal::WrongMachine => (
+                    "wrong_machine",
+                    "bootstrap token was issued for another machine's rediscovery boot",
+                ),
             };
             metrics::counter!("anneal_enrollments_total", "result" => "token_refused", "reason" => kind)
                 .increment(1);

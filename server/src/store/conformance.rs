@@ -32,6 +32,9 @@ where
     heartbeats_and_inventory(make().await).await;
     leases_offer_bind_release_decline(make().await).await;
     concurrent_offers_never_share_an_address(make().await).await;
+    boot_routing_by_uuid_and_mac(make().await).await;
+    machine_bound_tokens_enroll_only_their_machine(make().await).await;
+    boot_requests_last_until_the_next_enrollment(make().await).await;
 }
 
 fn now() -> OffsetDateTime {
@@ -654,4 +657,107 @@ pub async fn concurrent_offers_never_share_an_address(store: Arc<dyn Store>) {
     for l in bound {
         assert_eq!(seen.get(&l.ip), Some(&l.mac), "stored holder matches");
     }
+}
+
+// ---- Boot routing (`BootStore`, store/boot.rs) ----
+
+fn enrolled_id(outcome: EnrollOutcome) -> MachineId {
+    match outcome {
+        EnrollOutcome::Enrolled { machine_id, .. } => machine_id,
+        other => panic!("expected an enrollment, got {other:?}"),
+    }
+}
+
+/// `hints(n)` plus a locally administered MAC, which never identifies.
+fn hints_la(n: u32, mac: &str) -> IdentityHints {
+    let mut h = hints(n);
+    h.macs.push(Nic {
+        mac: mac.into(),
+        bus: Some("pci".into()),
+    });
+    h
+}
+
+/// A machine is found at boot by its UUID (either byte order) or by any MAC it presented,
+/// identifying or not.
+pub async fn boot_routing_by_uuid_and_mac(store: Arc<dyn Store>) {
+    add_token(&store, "t", 1, Duration::hours(1), None).await;
+    let h = hints_la(40, "52:54:00:00:00:40");
+    let id = enrolled_id(enroll(&store, &input("t", h.clone(), "b")).await);
+    let uuid = h.system_uuid.clone().unwrap();
+    let swapped = crate::identity::uuid_byte_swapped(&uuid).unwrap();
+    let by_uuid = store
+        .boot_lookup(Some(&swapped), None)
+        .await
+        .expect("lookup");
+    assert_eq!(by_uuid.map(|m| (m.id, m.matched_by)), Some((id, "uuid")));
+    let by_la_mac = store
+        .boot_lookup(None, Some("52:54:00:00:00:40"))
+        .await
+        .expect("lookup");
+    assert_eq!(by_la_mac.map(|m| (m.id, m.matched_by)), Some((id, "mac")));
+    assert_eq!(
+        store
+            .boot_lookup(
+                Some("6f1c2a3b-0000-4000-8000-0000000000ff"),
+                Some("52:54:00:00:00:41")
+            )
+            .await
+            .expect("lookup"),
+        None
+    );
+    let macs = store.boot_macs_of(id).await.expect("macs");
+    assert_eq!(
+        macs,
+        vec!["00:1b:21:00:00:28".to_string(), "52:54:00:00:00:40".into()]
+    );
+}
+
+/// A token minted for a known machine enrolls that machine only; refusing changes nothing.
+pub async fn machine_bound_tokens_enroll_only_their_machine(store: Arc<dyn Store>) {
+    add_token(&store, "t", 1, Duration::hours(1), None).await;
+    let m1 = enrolled_id(enroll(&store, &input("t", hints(41), "b1")).await);
+    let bound = BootstrapTokenRecord {
+        id: "bound".into(),
+        hash: "bound".into(),
+        uses_left: 1,
+        expires_at: now() + Duration::hours(1),
+        mac: None,
+        description: None,
+        created_at: now(),
+    };
+    store
+        .insert_boot_token(&bound, Some(m1))
+        .await
+        .expect("insert");
+    match enroll(&store, &input("bound", hints(42), "x")).await {
+        EnrollOutcome::TokenRefused(TokenRefusal::WrongMachine) => {}
+        other => panic!("a new machine with m1's token: {other:?}"),
+    }
+    assert_eq!(store.list_machines().await.expect("list").len(), 1);
+    let again = enrolled_id(enroll(&store, &input("bound", hints(41), "b2")).await);
+    assert_eq!(again, m1);
+}
+
+/// A requested boot environment is visible at boot until the machine enrolls again.
+pub async fn boot_requests_last_until_the_next_enrollment(store: Arc<dyn Store>) {
+    add_token(&store, "t", 2, Duration::hours(1), None).await;
+    let m = enrolled_id(enroll(&store, &input("t", hints(43), "b1")).await);
+    assert!(!store
+        .request_boot_env(uuid::Uuid::new_v4(), "discovery", now())
+        .await
+        .expect("request"));
+    assert!(store
+        .request_boot_env(m, "discovery", now())
+        .await
+        .expect("request"));
+    let mac = hints(43).macs[0].mac.clone();
+    let found = store.boot_lookup(None, Some(&mac)).await.expect("lookup");
+    assert_eq!(
+        found.and_then(|f| f.requested_env).as_deref(),
+        Some("discovery")
+    );
+    enrolled_id(enroll(&store, &input("t", hints(43), "b2")).await);
+    let found = store.boot_lookup(None, Some(&mac)).await.expect("lookup");
+    assert_eq!(found.map(|f| f.requested_env), Some(None));
 }

@@ -5,9 +5,11 @@
 //! compare-and-set: a conditional update whose affected-row count says who won, never a plain
 //! read-modify-write. `conformance` holds the suite every engine must pass.
 
+pub mod boot;
 pub mod conformance;
 pub mod leases;
 mod sqlite;
+mod sqlite_boot;
 mod sqlite_leases;
 
 use std::path::Path;
@@ -22,6 +24,7 @@ use time::OffsetDateTime;
 
 use crate::identity::Evidence;
 
+pub use boot::{BootMachine, BootStore};
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
 pub use sqlite::SqliteStore;
 
@@ -185,6 +188,8 @@ pub enum TokenRefusal {
     UsedUp,
     /// Bound to a MAC the enrolling machine does not have.
     WrongMac,
+    /// Minted for a known machine (a rediscovery boot), and the evidence is not that machine.
+    WrongMachine,
 }
 
 /// The outcome of an enrollment transaction.
@@ -262,9 +267,10 @@ pub enum Cas {
     Conflict,
 }
 
-/// The engine-neutral persistence interface.
+/// The engine-neutral persistence interface. Concerns with their own tables add their methods
+/// as supertraits, each in its own file (`boot.rs`: [`BootStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + Send + Sync {
+pub trait Store: LeaseStore + BootStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 

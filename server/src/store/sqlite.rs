@@ -70,6 +70,14 @@ impl SqliteStore {
             .map_err(db)?;
         Ok(SqliteStore { writer, reader })
     }
+
+    pub(super) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub(super) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
 }
 
 fn state_from_str(s: &str) -> MachineState {
@@ -98,7 +106,7 @@ fn role_from_str(s: &str) -> Role {
     }
 }
 
-fn parse_id(s: &str) -> StoreResult<MachineId> {
+pub(super) fn parse_id(s: &str) -> StoreResult<MachineId> {
     Uuid::parse_str(s).map_err(|e| corrupt("machine id", e))
 }
 
@@ -361,6 +369,13 @@ impl Store for SqliteStore {
 
         // 3. Decide, and remember values found to be shared so they never identify again.
         let outcome = identity::decide(&input.evidence, &candidates, &shared);
+        // Boot (store/sqlite_boot.rs): a token minted for a known machine enrolls only that
+        // machine. Returning here drops the transaction, so nothing is written.
+        if let Some(bound) = super::sqlite_boot::token_machine(&mut tx, &input.token_hash).await? {
+            if !matches!(&outcome.decision, Decision::Match(id) if id.to_string() == bound) {
+                return Ok(EnrollOutcome::TokenRefused(TokenRefusal::WrongMachine));
+            }
+        }
         for ident in &outcome.newly_shared {
             sqlx::query(
                 "INSERT INTO shared_identifiers (kind, value) VALUES (?, ?) \
@@ -504,6 +519,9 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         }
+
+        // Boot (store/sqlite_boot.rs): boot-MAC index, pending boot request cleared.
+        super::sqlite_boot::after_enroll(&mut tx, machine_id, &input.macs).await?;
 
         // 5. Consume one use of the token: a conditional update, so concurrent enrollments
         //    can never use a token more often than it allows.

@@ -1,0 +1,376 @@
+//! Network boot over plain HTTP: iPXE scripts and boot artifacts.
+//!
+//! Stock iPXE cannot check our CA, so this listener (`http_listen`, default `0.0.0.0:8080`)
+//! speaks plain HTTP and serves only what iPXE must fetch:
+//!
+//! - `GET /boot.ipxe` — the entry script. It chains (with `--replace`) to
+//!   `/boot/machine.ipxe?mac=…&uuid=…&serial=…&buildarch=…&platform=…`, the values filled in
+//!   by iPXE and URL-encoded with `${var:uristring}`.
+//! - `GET /boot/machine.ipxe` — this machine's script. Unknown machines get `discovery`; known
+//!   machines get `local` unless an operator asked for a rediscovery
+//!   (`POST /api/v1/machines/{id}/rediscover`). A machine is looked up by SMBIOS UUID (and its
+//!   byte-swapped form) through the identifiers, then by MAC through the boot-MAC index — for
+//!   routing only, never for identity.
+//! - `GET|HEAD /artifacts/<sha256>/<name>` — kernels and initrds, content-addressed
+//!   (see [`artifacts`]).
+//! - Anything else answers 200 with a script that says what went wrong and retries: iPXE stops
+//!   on a 404 (tinkerbell/tinkerbell#424), and a machine must never be left stuck.
+//!
+//! **Secrets.** Nothing marked secret is ever rendered into anything served here. The one
+//! designed exception is the bootstrap token on the discovery kernel command line: minted at
+//! render time, single-use, valid for [`BOOT_TOKEN_TTL_SECS`], bound to the MAC that fetched
+//! the script (enrollment must present that MAC) and, for a known machine's rediscovery, bound
+//! to that machine too (enrollment must recognise exactly that machine). Someone who sniffs it
+//! can at most race the booting machine to one enrollment as that MAC; the machine then fails
+//! to enroll, which is visible.
+
+pub mod artifacts;
+pub mod render;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::IncomingStream;
+use axum::Router;
+use minijinja::context;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::identity;
+use crate::store::BootstrapTokenRecord;
+use crate::tokens::{hash_secret, new_secret, public_id, BOOTSTRAP_PREFIX};
+
+use artifacts::Artifacts;
+use render::{error_script, Templates};
+
+/// Lifetime of a bootstrap token minted into a discovery script.
+pub const BOOT_TOKEN_TTL_SECS: i64 = 3600;
+/// The discovery image's kernel, inside `discovery_dir`.
+pub const KERNEL_NAME: &str = "vmlinuz";
+/// The discovery image's initrd, inside `discovery_dir`. Its name is also what the kernel
+/// command line says (`initrd=initrd.img`): Debian's old iPXE under UEFI hands the kernel only
+/// initrds the command line names as fetched.
+pub const INITRD_NAME: &str = "initrd.img";
+
+/// Shared state of the boot listener.
+pub struct Boot {
+    app: Arc<App>,
+    templates: Templates,
+    artifacts: Artifacts,
+}
+
+/// Both ends of an HTTP connection: the local address is how the client reached us.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnAddrs {
+    /// Our address on this connection.
+    pub local: Option<SocketAddr>,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for ConnAddrs {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        ConnAddrs {
+            local: stream.io().local_addr().ok(),
+            remote: *stream.remote_addr(),
+        }
+    }
+}
+
+/// The plain-HTTP routes.
+pub fn router(app: Arc<App>) -> Router {
+    let boot = Arc::new(Boot {
+        app,
+        templates: Templates::new(),
+        artifacts: Artifacts::default(),
+    });
+    Router::new()
+        .route("/boot.ipxe", get(entry))
+        .route("/boot/machine.ipxe", get(machine_script))
+        .route("/artifacts/{sha256}/{name}", get(artifact))
+        .fallback(unknown)
+        .with_state(boot)
+}
+
+/// Serve the boot router on `listener` until `shutdown` is cancelled, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let service = router(app).into_make_service_with_connect_info::<ConnAddrs>();
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "boot HTTP listener failed");
+    }
+}
+
+/// How the client reached us: `host[:port]` for URLs on this listener, and the bare host for
+/// URLs on the other listeners. From the Host header when it is a plain name or address
+/// (anything else could smuggle iPXE syntax into a script), else the connection's local address.
+fn reached_as(headers: &HeaderMap, conn: &ConnAddrs) -> (String, String) {
+    let from_header = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        });
+    if let Some(h) = from_header {
+        let uri = axum::http::Uri::from_static("/");
+        let mut only = HeaderMap::new();
+        if let Ok(v) = h.parse() {
+            only.insert(header::HOST, v);
+        }
+        if let Some(host) = crate::http_util::request_host(&only, &uri) {
+            return (h.to_string(), host);
+        }
+    }
+    match conn.local {
+        Some(SocketAddr::V4(a)) => (a.to_string(), a.ip().to_string()),
+        Some(SocketAddr::V6(a)) => (a.to_string(), format!("[{}]", a.ip())),
+        None => ("localhost".into(), "localhost".into()),
+    }
+}
+
+fn script(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn entry(
+    State(boot): State<Arc<Boot>>,
+    ConnectInfo(conn): ConnectInfo<ConnAddrs>,
+    headers: HeaderMap,
+) -> Response {
+    let (authority, _) = reached_as(&headers, &conn);
+    let base_url = format!("http://{authority}");
+    let retry = format!("{base_url}/boot.ipxe");
+    metrics::counter!("anneal_boot_scripts_total", "env" => "entry").increment(1);
+    script(
+        boot.templates
+            .render("entry", context! { base_url }, &retry)
+            .unwrap_or_else(|e| e),
+    )
+}
+
+async fn unknown(
+    ConnectInfo(conn): ConnectInfo<ConnAddrs>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let (authority, _) = reached_as(&headers, &conn);
+    tracing::info!(client = %conn.remote, path = %uri.path(), "boot: unknown URL, answered with a retry script");
+    metrics::counter!("anneal_boot_scripts_total", "env" => "error").increment(1);
+    script(error_script(
+        &format!("{} is not a boot script of this server", uri.path()),
+        &format!("http://{authority}/boot.ipxe"),
+    ))
+}
+
+async fn artifact(
+    State(boot): State<Arc<Boot>>,
+    Path((sha256, name)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    boot.artifacts.serve(&sha256, &name, req).await
+}
+
+/// What iPXE told us about itself, cleaned.
+struct Client {
+    mac: Option<String>,
+    uuid: Option<String>,
+    platform: &'static str,
+    buildarch: String,
+}
+
+fn client_from_query(q: &HashMap<String, String>) -> Client {
+    let mac = q.get("mac").and_then(|m| identity::normalize_mac(m));
+    // Placeholder UUIDs (all-zero, well-known defaults) never point at a machine.
+    let uuid = q
+        .get("uuid")
+        .and_then(|u| identity::normalize_uuid_text(u))
+        .filter(|u| !identity::is_placeholder_uuid(u));
+    let platform = match q.get("platform").map(String::as_str) {
+        Some("efi") => "efi",
+        Some("pcbios") => "pcbios",
+        _ => "unknown",
+    };
+    let buildarch = render::ipxe_safe(q.get("buildarch").map(String::as_str).unwrap_or(""), 16);
+    Client {
+        mac,
+        uuid,
+        platform,
+        buildarch,
+    }
+}
+
+async fn machine_script(
+    State(boot): State<Arc<Boot>>,
+    ConnectInfo(conn): ConnectInfo<ConnAddrs>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (authority, host) = reached_as(&headers, &conn);
+    let base_url = format!("http://{authority}");
+    let retry = format!("{base_url}/boot.ipxe");
+    let client = client_from_query(&q);
+    let (env, machine, body) = choose_and_render(&boot, &client, &base_url, &host, &retry).await;
+    let mac = client.mac.as_deref().unwrap_or("none");
+    tracing::info!(
+        machine = %machine,
+        mac,
+        platform = client.platform,
+        arch = %client.buildarch,
+        env,
+        client = %conn.remote,
+        "boot script served"
+    );
+    metrics::counter!("anneal_boot_scripts_total", "env" => env).increment(1);
+    script(body)
+}
+
+/// Pick the boot environment and render it: (environment, machine id or "unknown", script).
+async fn choose_and_render(
+    boot: &Boot,
+    client: &Client,
+    base_url: &str,
+    host: &str,
+    retry: &str,
+) -> (&'static str, String, String) {
+    let Some(mac) = client.mac.clone() else {
+        return (
+            "error",
+            "unknown".into(),
+            error_script(
+                "no usable MAC address in the request: boot through /boot.ipxe",
+                retry,
+            ),
+        );
+    };
+    let found = match boot
+        .app
+        .store
+        .boot_lookup(client.uuid.as_deref(), Some(&mac))
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, %mac, "boot lookup failed");
+            return (
+                "error",
+                "unknown".into(),
+                error_script("the server could not read its database", retry),
+            );
+        }
+    };
+    let machine = found
+        .as_ref()
+        .map(|m| m.id.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let discovery = match &found {
+        None => true,
+        Some(m) => m.requested_env.as_deref() == Some(crate::store::boot::BOOT_ENV_DISCOVERY),
+    };
+    if !discovery {
+        let body = boot
+            .templates
+            .render(
+                "local",
+                context! { machine => machine.clone(), platform => client.platform },
+                retry,
+            )
+            .unwrap_or_else(|e| e);
+        return ("local", machine, body);
+    }
+
+    // Discovery: the image must be there before a token is minted for it.
+    let dir = &boot.app.config.discovery_dir;
+    let (kernel, initrd) = (dir.join(KERNEL_NAME), dir.join(INITRD_NAME));
+    let hashes = match (
+        boot.artifacts.sha256(&kernel).await,
+        boot.artifacts.sha256(&initrd).await,
+    ) {
+        (Ok(k), Ok(i)) => (k, i),
+        (k, i) => {
+            let e = k
+                .err()
+                .or(i.err())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            tracing::warn!(dir = %dir.display(), error = %e, "discovery image missing");
+            return (
+                "error",
+                machine,
+                error_script(
+                    &format!(
+                        "the discovery image is missing on the server: put {KERNEL_NAME} and {INITRD_NAME} in {}",
+                        dir.display()
+                    ),
+                    retry,
+                ),
+            );
+        }
+    };
+
+    let now = OffsetDateTime::now_utc();
+    let secret = new_secret(BOOTSTRAP_PREFIX);
+    let hash = hash_secret(&secret);
+    let record = BootstrapTokenRecord {
+        id: public_id(&hash),
+        hash,
+        uses_left: 1,
+        expires_at: now + time::Duration::seconds(BOOT_TOKEN_TTL_SECS),
+        mac: Some(mac.clone()),
+        description: Some(format!("PXE boot of {mac} ({machine})")),
+        created_at: now,
+    };
+    if let Err(e) = boot
+        .app
+        .store
+        .insert_boot_token(&record, found.as_ref().map(|m| m.id))
+        .await
+    {
+        tracing::error!(error = %e, %mac, "minting a boot token failed");
+        return (
+            "error",
+            machine,
+            error_script("the server could not mint a bootstrap token", retry),
+        );
+    }
+    tracing::info!(token_id = %record.id, %mac, machine = %machine, "bootstrap token minted for a discovery boot");
+    let ctx = context! {
+        mac => mac.clone(),
+        machine => machine.clone(),
+        kernel_url => format!("{base_url}/artifacts/{}/{KERNEL_NAME}", hashes.0),
+        initrd_url => format!("{base_url}/artifacts/{}/{INITRD_NAME}", hashes.1),
+        initrd_name => INITRD_NAME,
+        anneal_url => format!("https://{host}:{}", boot.app.config.api_listen.port()),
+        ca_fingerprint => boot.app.ca.fingerprint(),
+        bootif => format!("01-{}", mac.replace(':', "-")),
+        token => secret,
+        base_url => base_url,
+    };
+    let body = boot
+        .templates
+        .render("discovery", ctx, retry)
+        .unwrap_or_else(|e| e);
+    ("discovery", machine, body)
+}

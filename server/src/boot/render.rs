@@ -1,0 +1,259 @@
+//! iPXE scripts, rendered with minijinja in strict mode: a variable the template needs but the
+//! caller did not give is an error, and an error becomes a script that says what went wrong and
+//! retries — never an empty string, never a 404 (iPXE stops on a 404).
+//!
+//! Everything interpolated into a script is either produced by the server or reduced to a safe
+//! character set first ([`ipxe_safe`]): iPXE expands `${…}` and splits on whitespace, so a
+//! client-supplied value must never reach a script verbatim.
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+/// Seconds an error script waits before asking for its script again.
+pub const RETRY_SECS: u32 = 30;
+
+const ENTRY: &str = r#"#!ipxe
+# Anneal entry script: ask for this machine's own script, naming it by MAC, SMBIOS UUID and
+# serial, and saying which firmware runs iPXE. `--replace` ends this script, so an `exit` in the
+# machine's script reaches the firmware instead of returning here.
+:retry
+chain --replace {{ base_url }}/boot/machine.ipxe?mac=${mac:uristring}&uuid=${uuid:uristring}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed
+:failed
+echo Anneal: could not fetch this machine's boot script from {{ base_url }}
+prompt --timeout {{ retry_ms }} Retrying in {{ retry_secs }} seconds, or press any key... ||
+goto retry
+"#;
+
+const DISCOVERY: &str = r#"#!ipxe
+# Anneal: discovery image for {{ mac }} ({{ machine }}).
+:retry
+echo Anneal: booting the discovery image for {{ mac }}
+kernel {{ kernel_url }} initrd={{ initrd_name }} anneal.url={{ anneal_url }} anneal.ca={{ ca_fingerprint }} BOOTIF={{ bootif }} anneal.token={{ token }} || goto failed
+initrd {{ initrd_url }} || goto failed
+boot || goto failed
+:failed
+echo Anneal: fetching or starting the discovery image failed
+prompt --timeout {{ retry_ms }} Retrying in {{ retry_secs }} seconds, or press any key... ||
+chain --replace {{ base_url }}/boot.ipxe || goto failed
+"#;
+
+// Local boot. Why these commands:
+// - UEFI (`efi`): `exit 1`. A bare `exit` returns status 0, which iPXE hands to the firmware as
+//   EFI_SUCCESS; the UEFI boot manager then stops walking the boot order and many machines
+//   (Dell PowerEdge, Lenovo XCC, OVMF) drop into the boot menu or setup instead of the disk
+//   (tinkerbell/tinkerbell PR #984, netbootxyz/netboot.xyz#1276, warewulf/warewulf3 PR #106,
+//   theforeman/foreman PR #8373). A failure status makes the firmware try the next Boot####
+//   entry: the local disk. `sanboot --drive` on UEFI needs a newer iPXE than Debian's 2019
+//   build (ipxe/ipxe#776) and fails where the firmware left disk drivers unconnected for a
+//   network boot (ipxe/ipxe#1334).
+// - BIOS (`pcbios`): `sanboot --no-describe --drive 0x80` boots the first hard disk's MBR via
+//   INT 13h, whatever the boot order, instead of relying on what each BIOS does when a PXE ROM
+//   returns. If that fails (no bootable disk), `exit 1` hands back to the BIOS for its next
+//   device.
+// - Platform unknown (an old client that did not say): decide at run time with `${platform}`.
+// The entry script chains here with `--replace`, so `exit` leaves iPXE rather than returning to
+// the entry script (without it, control returns to the caller and it retries forever).
+const LOCAL: &str = r#"#!ipxe
+# Anneal: {{ machine }} has no work; boot from the local disk ({{ platform }}).
+echo Anneal: {{ machine }}: booting from the local disk
+{%- if platform == "efi" %}
+exit 1
+{%- elif platform == "pcbios" %}
+sanboot --no-describe --drive 0x80 || exit 1
+{%- else %}
+iseq ${platform} efi && exit 1 ||
+sanboot --no-describe --drive 0x80 || exit 1
+{%- endif %}
+"#;
+
+/// The script templates.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// The built-in templates, strict about undefined variables.
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .keep_trailing_newline(true)
+                .build()
+                .expect("syntax config"),
+        );
+        for (name, src) in [("entry", ENTRY), ("discovery", DISCOVERY), ("local", LOCAL)] {
+            env.add_template(name, src)
+                .expect("built-in iPXE templates parse");
+        }
+        Templates { env }
+    }
+
+    /// Render `name` with `ctx`. On any error, a script that shows the error and retries via
+    /// `retry_url` (the entry script).
+    pub fn render(&self, name: &str, ctx: Value, retry_url: &str) -> Result<String, String> {
+        let mut ctx = ctx;
+        // Retry timing is ours, not the caller's; merge it in.
+        ctx =
+            minijinja::context! { retry_secs => RETRY_SECS, retry_ms => RETRY_SECS * 1000, ..ctx };
+        match self.env.get_template(name).and_then(|t| t.render(&ctx)) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let mut msg = format!("template {name}: {}", e.kind());
+                if let Some(d) = e.detail() {
+                    msg.push_str(": ");
+                    msg.push_str(d);
+                }
+                Err(error_script(&msg, retry_url))
+            }
+        }
+    }
+}
+
+/// A script that prints `message`, waits and asks for `retry_url` again. Built without a
+/// template so it cannot fail itself.
+pub fn error_script(message: &str, retry_url: &str) -> String {
+    let message = ipxe_safe(message, 400);
+    let retry_url = ipxe_safe(retry_url, 400);
+    format!(
+        "#!ipxe\n\
+         # Anneal could not give this machine a boot script.\n\
+         :retry\n\
+         echo Anneal: {message}\n\
+         prompt --timeout {ms} Retrying in {RETRY_SECS} seconds, or press any key... ||\n\
+         chain --replace {retry_url} || goto retry\n",
+        ms = RETRY_SECS * 1000
+    )
+}
+
+/// Reduce text to characters that mean nothing special to iPXE's command parser: no `$`
+/// (setting expansion), no `|` `&` (`||`, `&&`), no `#`, no control characters; truncated.
+pub fn ipxe_safe(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:;/_-=+?()[]@%'\"<>!*".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    const RETRY: &str = "http://10.0.0.1:8080/boot.ipxe";
+
+    #[test]
+    fn discovery_carries_every_field() {
+        let t = Templates::new();
+        let s = t
+            .render(
+                "discovery",
+                context! {
+                    mac => "52:54:00:12:34:56",
+                    machine => "unknown",
+                    kernel_url => "http://10.0.0.1:8080/artifacts/aa/vmlinuz",
+                    initrd_url => "http://10.0.0.1:8080/artifacts/bb/initrd.img",
+                    initrd_name => "initrd.img",
+                    anneal_url => "https://10.0.0.1:8443",
+                    ca_fingerprint => "sha256:00ff",
+                    bootif => "01-52-54-00-12-34-56",
+                    token => "anl_boot_x",
+                    base_url => "http://10.0.0.1:8080",
+                },
+                RETRY,
+            )
+            .unwrap();
+        assert!(s.starts_with("#!ipxe\n"));
+        for want in [
+            "kernel http://10.0.0.1:8080/artifacts/aa/vmlinuz initrd=initrd.img ",
+            "anneal.url=https://10.0.0.1:8443 ",
+            "anneal.ca=sha256:00ff ",
+            "BOOTIF=01-52-54-00-12-34-56 ",
+            "anneal.token=anl_boot_x ",
+            "initrd http://10.0.0.1:8080/artifacts/bb/initrd.img || goto failed",
+            "prompt --timeout 30000 ",
+            "chain --replace http://10.0.0.1:8080/boot.ipxe",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_script_not_an_empty_value() {
+        let t = Templates::new();
+        let s = t
+            .render("discovery", context! { mac => "52:54:00:12:34:56" }, RETRY)
+            .unwrap_err();
+        assert!(s.starts_with("#!ipxe\n"), "{s}");
+        assert!(
+            s.contains("echo Anneal: template discovery: undefined"),
+            "{s}"
+        );
+        assert!(s.contains("prompt --timeout 30000"), "{s}");
+        assert!(
+            s.contains(&format!("chain --replace {RETRY} || goto retry")),
+            "{s}"
+        );
+        assert!(!s.contains("kernel"), "{s}");
+    }
+
+    #[test]
+    fn local_boot_per_platform() {
+        let t = Templates::new();
+        let r = |p: &str| {
+            t.render("local", context! { machine => "m1", platform => p }, RETRY)
+                .unwrap()
+        };
+        let efi = r("efi");
+        assert!(efi.starts_with("#!ipxe\n"));
+        assert!(efi.contains("\nexit 1\n"), "{efi}");
+        assert!(!efi.contains("sanboot"), "{efi}");
+        let bios = r("pcbios");
+        assert!(
+            bios.contains("\nsanboot --no-describe --drive 0x80 || exit 1\n"),
+            "{bios}"
+        );
+        let unknown = r("unknown");
+        assert!(
+            unknown.contains("iseq ${platform} efi && exit 1 ||"),
+            "{unknown}"
+        );
+        assert!(
+            unknown.contains("sanboot --no-describe --drive 0x80"),
+            "{unknown}"
+        );
+        for s in [&efi, &bios, &unknown] {
+            assert!(
+                !s.lines().any(|l| l.trim() == "exit"),
+                "never a bare exit: {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn entry_chains_with_the_ipxe_variables() {
+        let t = Templates::new();
+        let s = t
+            .render("entry", context! { base_url => "http://h:8080" }, RETRY)
+            .unwrap();
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("chain --replace http://h:8080/boot/machine.ipxe?mac=${mac:uristring}&uuid=${uuid:uristring}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed"), "{s}");
+    }
+
+    #[test]
+    fn unsafe_text_is_neutralised() {
+        assert_eq!(ipxe_safe("a ${x} || b\n#c", 100), "a __x_ __ b__c");
+        assert_eq!(ipxe_safe("abcdef", 3), "abc");
+    }
+}

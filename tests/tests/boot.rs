@@ -1,0 +1,309 @@
+//! Network boot over plain HTTP: iPXE scripts, boot routing, boot tokens, artifacts.
+
+use anneal_agent::client::ClientError;
+use anneal_agent::clock::Clock;
+use anneal_shared::cmdline;
+use anneal_shared::protocol::{IdentityHints, Nic};
+use anneal_tests::{hints, TestServer};
+use sha2::{Digest, Sha256};
+
+fn plain_http() -> reqwest::Client {
+    anneal_server::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+async fn get(server: &TestServer, path: &str) -> (u16, String) {
+    let res = plain_http()
+        .get(format!("{}{path}", server.http_url))
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (status, res.text().await.expect("body"))
+}
+
+/// The machine script as iPXE would ask for it (after `${var:uristring}` encoding).
+async fn machine_script(server: &TestServer, mac: &str, uuid: &str, platform: &str) -> String {
+    let (status, body) = get(
+        server,
+        &format!(
+            "/boot/machine.ipxe?mac={}&uuid={uuid}&serial=TEST&buildarch=x86_64&platform={platform}",
+            mac.replace(':', "%3A")
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    body
+}
+
+fn kernel_line(script: &str) -> &str {
+    script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line in\n{script}"))
+}
+
+fn token_of(script: &str) -> String {
+    cmdline::get(kernel_line(script), cmdline::TOKEN).expect("anneal.token on the kernel line")
+}
+
+fn kernel_bytes() -> Vec<u8> {
+    (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn put_discovery(server: &TestServer, kernel: &[u8]) {
+    let dir = server.dir.path().join("images").join("discovery");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmlinuz"), kernel).unwrap();
+    std::fs::write(dir.join("initrd.img"), b"initrd contents").unwrap();
+}
+
+/// `hints(n)` booting from a QEMU-style (locally administered, never identifying) MAC.
+fn with_mac(mut h: IdentityHints, mac: &str) -> IdentityHints {
+    h.macs.push(Nic {
+        mac: mac.into(),
+        bus: Some("pci".into()),
+    });
+    h
+}
+
+async fn enroll_with(
+    server: &TestServer,
+    token: &str,
+    h: IdentityHints,
+    boot: &str,
+) -> Result<anneal_agent::client::Session, ClientError> {
+    server
+        .enroller(Clock::system())
+        .enroll(token, h, boot, "host")
+        .await
+}
+
+#[tokio::test]
+async fn entry_script_chains_with_the_ipxe_variables_and_nothing_404s() {
+    let server = TestServer::start().await;
+    let (status, body) = get(&server, "/boot.ipxe").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    let want = format!(
+        "chain --replace {}/boot/machine.ipxe?mac=${{mac:uristring}}&uuid=${{uuid:uristring}}&serial=${{serial:uristring}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}",
+        server.http_url
+    );
+    assert!(body.contains(&want), "{body}");
+
+    for path in [
+        "/",
+        "/nope",
+        "/boot/other.ipxe",
+        "/boot/machine.ipxe",
+        "/boot/machine.ipxe?mac=garbage&uuid=%24%7Bx%7D",
+        "/boot.ipxe/x",
+        "/a/b/c?d=${e}",
+    ] {
+        let (status, body) = get(&server, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.starts_with("#!ipxe\n"), "{path}: {body}");
+        assert!(
+            body.contains(&format!("chain --replace {}/boot.ipxe", server.http_url)),
+            "{path}: {body}"
+        );
+        assert!(
+            !body.contains("${e}"),
+            "client text never reaches a script raw: {body}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_mac_gets_discovery_with_a_single_use_mac_bound_token() {
+    let server = TestServer::start().await;
+    let mac = "52:54:00:aa:00:01";
+
+    // No discovery image yet: the script says so and retries.
+    let body = machine_script(&server, mac, "", "pcbios").await;
+    assert!(body.contains("discovery image is missing"), "{body}");
+    assert!(body.contains("chain --replace"), "{body}");
+
+    put_discovery(&server, &kernel_bytes());
+    let body = machine_script(&server, mac, "", "pcbios").await;
+    let k = kernel_line(&body);
+    assert!(k.contains(" initrd=initrd.img "), "{k}");
+    assert_eq!(
+        cmdline::get(k, cmdline::URL).as_deref(),
+        Some(format!("https://127.0.0.1:{}", server.running.api_addr.port()).as_str())
+    );
+    assert_eq!(cmdline::get(k, cmdline::CA), Some(server.fingerprint()));
+    assert_eq!(
+        cmdline::get(k, cmdline::BOOTIF).as_deref(),
+        Some("01-52-54-00-aa-00-01")
+    );
+    assert!(body.contains("\ninitrd "), "{body}");
+    assert!(body.contains("\nboot || goto failed"), "{body}");
+    let token = token_of(&body);
+
+    // Bound to the MAC: a machine without it is refused, and the token is not used up.
+    let err = enroll_with(&server, &token, hints(1), "b0")
+        .await
+        .err()
+        .expect("wrong MAC is refused");
+    assert!(matches!(err, ClientError::TokenRefused(_)), "{err}");
+
+    let session = enroll_with(&server, &token, with_mac(hints(1), mac), "b1")
+        .await
+        .expect("the token enrolls the machine that booted");
+    let err = enroll_with(&server, &token, with_mac(hints(1), mac), "b2")
+        .await
+        .err()
+        .expect("single use");
+    assert!(matches!(err, ClientError::TokenRefused(_)), "{err}");
+
+    // Now known (by its never-identifying MAC, through the boot-MAC index): local disk.
+    let body = machine_script(&server, mac, "", "efi").await;
+    assert!(body.contains(&session.machine_id.to_string()), "{body}");
+    assert!(body.contains("\nexit 1\n"), "{body}");
+    assert!(!body.contains("anneal.token"), "{body}");
+    let body = machine_script(&server, mac, "", "pcbios").await;
+    assert!(
+        body.contains("sanboot --no-describe --drive 0x80 || exit 1"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn known_machine_is_found_by_uuid_either_byte_order() {
+    let server = TestServer::start().await;
+    put_discovery(&server, &kernel_bytes());
+    let session = server.enroll(hints(3), "boot-1").await;
+    let uuid = hints(3).system_uuid.unwrap();
+    let swapped = anneal_server::identity::uuid_byte_swapped(&uuid).unwrap();
+    for u in [uuid.to_uppercase(), swapped] {
+        let body = machine_script(&server, "52:54:00:bb:00:09", &u, "efi").await;
+        assert!(body.contains(&session.machine_id.to_string()), "{body}");
+        assert!(body.contains("\nexit 1\n"), "{body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rediscover_mints_a_token_only_that_machine_can_use() {
+    let server = TestServer::start().await;
+    put_discovery(&server, &kernel_bytes());
+    let mac = "52:54:00:cc:00:01";
+    let session = server.enroll(with_mac(hints(5), mac), "boot-1").await;
+    let id = session.machine_id;
+    assert!(machine_script(&server, mac, "", "efi")
+        .await
+        .contains("exit 1"));
+
+    let api = server.http();
+    let res = api
+        .post(format!(
+            "{}/api/v1/machines/{id}/rediscover",
+            server.api_url
+        ))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api
+        .post(format!(
+            "{}/api/v1/machines/{}/rediscover",
+            server.api_url,
+            uuid::Uuid::new_v4()
+        ))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    let body = machine_script(&server, mac, "", "efi").await;
+    assert!(body.contains(&id.to_string()), "{body}");
+    let token = token_of(&body);
+
+    // Another identity presenting the booting MAC is refused; the token survives that.
+    let err = enroll_with(&server, &token, with_mac(hints(6), mac), "other")
+        .await
+        .err()
+        .expect("a different machine is refused");
+    assert!(matches!(err, ClientError::TokenRefused(_)), "{err}");
+
+    let again = enroll_with(&server, &token, with_mac(hints(5), mac), "boot-2")
+        .await
+        .expect("the machine itself enrolls");
+    assert_eq!(again.machine_id, id);
+    let body = machine_script(&server, mac, "", "pcbios").await;
+    assert!(
+        body.contains("sanboot --no-describe --drive 0x80"),
+        "back to local after enrolling: {body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn artifacts_are_content_addressed_with_range_and_head() {
+    let server = TestServer::start().await;
+    let kernel = kernel_bytes();
+    put_discovery(&server, &kernel);
+    let body = machine_script(&server, "52:54:00:dd:00:01", "", "pcbios").await;
+    let url = kernel_line(&body)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let sha = hex::encode(Sha256::digest(&kernel));
+    assert_eq!(
+        url,
+        format!("{}/artifacts/{sha}/vmlinuz", server.http_url),
+        "{body}"
+    );
+
+    let http = plain_http();
+    let res = http
+        .get(&url)
+        .header("range", "bytes=1000-1099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(
+        res.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(
+        res.headers()["content-range"],
+        format!("bytes 1000-1099/{}", kernel.len()).as_str()
+    );
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &kernel[1000..1100]);
+
+    let res = http.head(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-length"],
+        kernel.len().to_string().as_str()
+    );
+    assert!(res.bytes().await.unwrap().is_empty(), "HEAD has no body");
+
+    let res = http.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), kernel.as_slice());
+
+    // A new kernel: the old URL stops resolving and the next script links the new hash.
+    let mut newer = kernel.clone();
+    newer.extend_from_slice(b"v2");
+    put_discovery(&server, &newer);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+    let body = machine_script(&server, "52:54:00:dd:00:02", "", "pcbios").await;
+    let new_sha = hex::encode(Sha256::digest(&newer));
+    assert!(
+        kernel_line(&body).contains(&format!("/artifacts/{new_sha}/vmlinuz")),
+        "{body}"
+    );
+    let (status, _) = get(&server, &format!("/artifacts/{}/vmlinuz", "0".repeat(64))).await;
+    assert_eq!(status, 404, "unknown artifacts are not scripts");
+    server.stop().await;
+}
