@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// Seconds between agent heartbeats [default: 10].
     #[arg(long, env = "ANNEAL_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u32>,
+    /// TFTP listener, e.g. 0.0.0.0:69 [default: off — nothing listens unless this is set].
+    #[arg(long, env = "ANNEAL_TFTP_LISTEN")]
+    pub tftp_listen: Option<SocketAddr>,
+    /// Directory served over TFTP besides the iPXE binaries [default: DATA_DIR/tftp].
+    #[arg(long, env = "ANNEAL_TFTP_ROOT")]
+    pub tftp_root: Option<PathBuf>,
+    /// Directory with Debian's iPXE binaries (undionly.kpxe, ipxe.efi, snponly.efi) [default: /usr/lib/ipxe].
+    #[arg(long, env = "ANNEAL_IPXE_DIR")]
+    pub ipxe_dir: Option<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -57,6 +66,9 @@ struct FileConfig {
     require_approval: Option<bool>,
     client_cert_secs: Option<u64>,
     heartbeat_secs: Option<u32>,
+    tftp_listen: Option<SocketAddr>,
+    tftp_root: Option<PathBuf>,
+    ipxe_dir: Option<PathBuf>,
 }
 
 /// Fully resolved configuration.
@@ -78,6 +90,12 @@ pub struct Config {
     pub client_cert_secs: u64,
     /// Heartbeat interval told to agents.
     pub heartbeat_secs: u32,
+    /// TFTP listener; `None` means TFTP is off.
+    pub tftp_listen: Option<SocketAddr>,
+    /// TFTP root directory.
+    pub tftp_root: PathBuf,
+    /// iPXE binary directory.
+    pub ipxe_dir: PathBuf,
 }
 
 impl Config {
@@ -127,6 +145,17 @@ impl Config {
                 .or(file.heartbeat_secs)
                 .unwrap_or(10)
                 .max(1),
+            tftp_listen: args.tftp_listen.or(file.tftp_listen),
+            tftp_root: args
+                .tftp_root
+                .clone()
+                .or(file.tftp_root)
+                .unwrap_or_else(|| data_dir.join("tftp")),
+            ipxe_dir: args
+                .ipxe_dir
+                .clone()
+                .or(file.ipxe_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::tftp::DEFAULT_IPXE_DIR)),
             data_dir,
         })
     }
@@ -199,6 +228,17 @@ mod tests {
         assert_eq!(c.api_listen.port(), 9443);
         assert_eq!(c.agent_listen.port(), 8444, "default");
         assert!(c.database.ends_with("anneal-data/anneal.db"));
+        assert_eq!(c.tftp_listen, None, "TFTP is off unless asked for");
+        assert!(c.tftp_root.ends_with("anneal-data/tftp"));
+        assert_eq!(c.ipxe_dir, PathBuf::from("/usr/lib/ipxe"));
+        std::fs::write(
+            &path,
+            "tftp_listen = \"127.0.0.1:6969\"\nipxe_dir = \"/x\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.tftp_listen, Some("127.0.0.1:6969".parse().unwrap()));
+        assert_eq!(c.ipxe_dir, PathBuf::from("/x"));
 
         std::fs::write(&path, "requre_approval = true\n").unwrap();
         let err = format!("{:#}", Config::resolve(&args).unwrap_err());

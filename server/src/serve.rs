@@ -28,6 +28,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the agent API listens.
     pub agent_addr: SocketAddr,
+    /// Where TFTP listens, when enabled.
+    pub tftp_addr: Option<SocketAddr>,
     /// The admin token, on the very first start only.
     pub first_admin_token: Option<String>,
     /// Cancel to stop.
@@ -119,6 +121,19 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let agent_listener = TcpListener::bind(config.agent_listen)
         .await
         .with_context(|| format!("binding the agent listener on {}", config.agent_listen))?;
+    // TFTP (off unless configured): bound here so a bad directory or port fails start-up.
+    let tftp = match config.tftp_listen {
+        Some(listen) => Some(
+            crate::tftp::bind(crate::tftp::TftpConfig::new(
+                listen,
+                config.tftp_root.clone(),
+                config.ipxe_dir.clone(),
+            ))
+            .await?,
+        ),
+        None => None,
+    };
+    let tftp_addr = tftp.as_ref().map(|t| t.local_addr()).transpose()?;
     let api_addr = api_listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
     // The configured ports may be 0 (tests); agents must be told the real ones.
@@ -144,15 +159,20 @@ pub async fn start(mut config: Config) -> Result<Running> {
         crate::agent_api::router(app.clone()),
         shutdown.clone(),
     ));
+    let tftp = tftp.map(|t| tokio::spawn(t.run(shutdown.clone())));
     let done = tokio::spawn(async move {
         let _ = api.await;
         let _ = agent.await;
+        if let Some(t) = tftp {
+            let _ = t.await;
+        }
     });
     tracing::info!(%api_addr, %agent_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
     Ok(Running {
         app,
         api_addr,
         agent_addr,
+        tftp_addr,
         first_admin_token: prepared.first_admin_token,
         shutdown,
         done,
@@ -170,6 +190,9 @@ pub async fn run(config: Config) -> Result<()> {
         "  agent API (mutual TLS):    https://{}",
         running.agent_addr
     );
+    if let Some(tftp) = running.tftp_addr {
+        eprintln!("  TFTP (iPXE binaries):      {tftp}");
+    }
     eprintln!("  CA fingerprint:            {ca_fp}");
     if let Some(token) = &running.first_admin_token {
         eprintln!();
