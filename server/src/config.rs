@@ -54,6 +54,15 @@ pub struct ServeArgs {
     /// [default: DATA_DIR/images/discovery].
     #[arg(long, env = "ANNEAL_DISCOVERY_DIR")]
     pub discovery_dir: Option<PathBuf>,
+    /// TFTP listener, e.g. 0.0.0.0:69 [default: off — nothing listens unless this is set].
+    #[arg(long, env = "ANNEAL_TFTP_LISTEN")]
+    pub tftp_listen: Option<SocketAddr>,
+    /// Directory served over TFTP besides the iPXE binaries [default: DATA_DIR/tftp].
+    #[arg(long, env = "ANNEAL_TFTP_ROOT")]
+    pub tftp_root: Option<PathBuf>,
+    /// Directory with Debian's iPXE binaries (undionly.kpxe, ipxe.efi, snponly.efi) [default: /usr/lib/ipxe].
+    #[arg(long, env = "ANNEAL_IPXE_DIR")]
+    pub ipxe_dir: Option<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -71,6 +80,9 @@ struct FileConfig {
     dhcp: Option<crate::dhcp::DhcpFile>,
     http_listen: Option<SocketAddr>,
     discovery_dir: Option<PathBuf>,
+    tftp_listen: Option<SocketAddr>,
+    tftp_root: Option<PathBuf>,
+    ipxe_dir: Option<PathBuf>,
 }
 
 /// Fully resolved configuration.
@@ -98,6 +110,12 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// The discovery image's kernel and initrd.
     pub discovery_dir: PathBuf,
+    /// TFTP listener; `None` means TFTP is off.
+    pub tftp_listen: Option<SocketAddr>,
+    /// TFTP root directory.
+    pub tftp_root: PathBuf,
+    /// iPXE binary directory.
+    pub ipxe_dir: PathBuf,
 }
 
 impl Config {
@@ -161,6 +179,17 @@ impl Config {
                 .clone()
                 .or(file.discovery_dir)
                 .unwrap_or_else(|| data_dir.join("images").join("discovery")),
+            tftp_listen: args.tftp_listen.or(file.tftp_listen),
+            tftp_root: args
+                .tftp_root
+                .clone()
+                .or(file.tftp_root)
+                .unwrap_or_else(|| data_dir.join("tftp")),
+            ipxe_dir: args
+                .ipxe_dir
+                .clone()
+                .or(file.ipxe_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::tftp::DEFAULT_IPXE_DIR)),
             data_dir,
         })
     }
@@ -235,6 +264,17 @@ mod tests {
         assert_eq!(c.http_listen.port(), 8080, "default");
         assert!(c.discovery_dir.ends_with("anneal-data/images/discovery"));
         assert!(c.database.ends_with("anneal-data/anneal.db"));
+        assert_eq!(c.tftp_listen, None, "TFTP is off unless asked for");
+        assert!(c.tftp_root.ends_with("anneal-data/tftp"));
+        assert_eq!(c.ipxe_dir, PathBuf::from("/usr/lib/ipxe"));
+        std::fs::write(
+            &path,
+            "tftp_listen = \"127.0.0.1:6969\"\nipxe_dir = \"/x\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.tftp_listen, Some("127.0.0.1:6969".parse().unwrap()));
+        assert_eq!(c.ipxe_dir, PathBuf::from("/x"));
 
         std::fs::write(&path, "requre_approval = true\n").unwrap();
         let err = format!("{:#}", Config::resolve(&args).unwrap_err());

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod problem;
 pub mod serve;
 pub mod store;
+pub mod tftp;
 pub mod tls;
 pub mod tokens;
 

@@ -30,6 +30,8 @@ pub struct Running {
     pub agent_addr: SocketAddr,
     /// Where plain HTTP for iPXE (scripts, artifacts) listens.
     pub http_addr: SocketAddr,
+    /// Where TFTP listens, when enabled.
+    pub tftp_addr: Option<SocketAddr>,
     /// The admin token, on the very first start only.
     pub first_admin_token: Option<String>,
     /// Cancel to stop.
@@ -134,6 +136,19 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the boot HTTP listener on {}", config.http_listen))?;
+    // TFTP (off unless configured): bound here so a bad directory or port fails start-up.
+    let tftp = match config.tftp_listen {
+        Some(listen) => Some(
+            crate::tftp::bind(crate::tftp::TftpConfig::new(
+                listen,
+                config.tftp_root.clone(),
+                config.ipxe_dir.clone(),
+            ))
+            .await?,
+        ),
+        None => None,
+    };
+    let tftp_addr = tftp.as_ref().map(|t| t.local_addr()).transpose()?;
     let api_addr = api_listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
@@ -167,11 +182,15 @@ pub async fn start(mut config: Config) -> Result<Running> {
         app.clone(),
         shutdown.clone(),
     ));
+    let tftp = tftp.map(|t| tokio::spawn(t.run(shutdown.clone())));
     let done = tokio::spawn(async move {
         let _ = api.await;
         let _ = agent.await;
         let _ = dhcp.await;
         let _ = http.await;
+        if let Some(t) = tftp {
+            let _ = t.await;
+        }
     });
     tracing::info!(%api_addr, %agent_addr, %http_addr, store = app.store.engine(), ca = %app.ca.fingerprint(), "anneal serving");
     Ok(Running {
@@ -179,6 +198,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
         api_addr,
         agent_addr,
         http_addr,
+        tftp_addr,
         first_admin_token: prepared.first_admin_token,
         shutdown,
         done,
@@ -201,6 +221,9 @@ pub async fn run(config: Config) -> Result<()> {
         "  iPXE (plain HTTP):         http://{}/boot.ipxe",
         running.http_addr
     );
+    if let Some(tftp) = running.tftp_addr {
+        eprintln!("  TFTP (iPXE binaries):      {tftp}");
+    }
     eprintln!("  CA fingerprint:            {ca_fp}");
     if let Some(token) = &running.first_admin_token {
         eprintln!();
