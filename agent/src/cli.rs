@@ -34,6 +34,44 @@ enum Command {
         #[arg(long)]
         tools: bool,
     },
+    /// Scale benchmark: run many simulated agents against one server, each with its own key,
+    /// certificate and kept-alive mutual-TLS connection, and report enrolls/s, heartbeat
+    /// latency and errors (scripts/bench-agents).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Enrollment URL, e.g. https://127.0.0.1:8443.
+    #[arg(long, env = "ANNEAL_URL")]
+    server: String,
+    /// The server CA's fingerprint, `sha256:HEX`.
+    #[arg(long, env = "ANNEAL_CA_FINGERPRINT")]
+    ca_fingerprint: String,
+    /// Bootstrap token with at least COUNT uses.
+    #[arg(long, env = "ANNEAL_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Number of simulated agents.
+    #[arg(long)]
+    count: u32,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 64)]
+    enroll_concurrency: usize,
+    /// Seconds between one agent's heartbeats (the first at a random point inside the first
+    /// interval).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// How long all agents heartbeat together once the last one has enrolled (agents that
+    /// enrolled earlier heartbeat meanwhile too).
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// First simulated machine number (identities derive from it; use distinct ranges for
+    /// repeated runs against one server) [default: random].
+    #[arg(long)]
+    id_base: Option<u32>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +123,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await;
             println!("{}", serde_json::to_string_pretty(&inv)?);
+            Ok(())
+        }
+        Command::Simulate(a) => {
+            let count = a.count;
+            let id_base = a.id_base.unwrap_or_else(|| {
+                use rand::Rng;
+                let room = crate::simulate::ID_SPACE.saturating_sub(count);
+                rand::thread_rng().gen_range(0..=room)
+            });
+            let report = crate::simulate::run(crate::simulate::SimConfig {
+                url: a.server,
+                ca_fingerprint: a.ca_fingerprint,
+                token: a.token,
+                count,
+                enroll_concurrency: a.enroll_concurrency,
+                heartbeat_secs: a.heartbeat_secs,
+                duration_secs: a.duration_secs,
+                id_base,
+            })
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.summary());
+            }
             Ok(())
         }
         Command::Run(a) => {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod clock;
 pub mod inventory;
 pub mod runner;
+pub mod simulate;
 pub mod tls;
 
 /// Install the workspace's one TLS crypto provider (ring). Idempotent.

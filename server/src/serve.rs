@@ -168,6 +168,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
         api_listener,
         api_cfg,
         api_router(app.clone()),
+        None,
         shutdown.clone(),
     ));
     let agent = tokio::spawn(crate::tls::serve(
@@ -175,6 +176,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
         agent_listener,
         agent_cfg,
         crate::agent_api::router(app.clone()),
+        Some(crate::agent_api::HTTP1_MAX_BUF),
         shutdown.clone(),
     ));
     let http = tokio::spawn(crate::boot::serve(

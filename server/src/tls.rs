@@ -30,12 +30,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept TLS connections on `listener` until `shutdown` fires, then drain.
-/// `name` labels logs and metrics (`api`, `agent`).
+/// `name` labels logs and metrics (`api`, `agent`). `http1_max_buf` caps each HTTP/1
+/// connection's read buffer (hyper's default lets it grow to ~400 KB and keeps what it grew to
+/// for the life of the connection); it also bounds the request head.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
+    http1_max_buf: Option<usize>,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -86,7 +89,10 @@ pub async fn serve(
                     router.clone().oneshot(req)
                 },
             );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Some(max) = http1_max_buf {
+                builder.http1().max_buf_size(max);
+            }
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(listener = name, peer = %addr, error = %e, "connection ended with an error");

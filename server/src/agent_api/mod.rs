@@ -21,6 +21,13 @@ use crate::pki::{self, IssuedCert};
 use crate::problem::{self, ApiError};
 use crate::tls::PeerInfo;
 
+/// Read buffer per agent connection (hyper's minimum). Every agent holds one kept-alive
+/// connection; with hyper's adaptive default a single inventory upload (tens of KB) grows that
+/// connection's buffer to 16 KB or more and it stays that size while the agent idles between
+/// heartbeats: about 8 KB per agent, 80 MB at 10,000 agents (docs/performance.md). Agent
+/// request heads are a few hundred bytes; bodies stream through the buffer in 8 KB reads.
+pub const HTTP1_MAX_BUF: usize = 8192;
+
 /// The authenticated caller, inserted by the middleware for the handlers.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentIdentity {
@@ -44,7 +51,25 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(problem::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(middleware::from_fn(crate::http_util::stamp_server_time))
+        .layer(middleware::from_fn(timed))
         .with_state(app)
+}
+
+/// Server-side latency of agent requests by route, `anneal_agent_request_seconds`: from the
+/// parsed request head to the response, authentication and store calls included (the scale
+/// benchmark compares it with what agents observe).
+async fn timed(req: Request, next: Next) -> Response {
+    let route = match req.uri().path().rsplit('/').next() {
+        Some("heartbeat") => "heartbeat",
+        Some("inventory") => "inventory",
+        Some("renew") => "renew",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics::histogram!("anneal_agent_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    res
 }
 
 /// TLS for the agent listener: client certificates required, verified against our CA only.
