@@ -255,21 +255,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_bootstrap_token(&self, t: &BootstrapTokenRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO bootstrap_tokens (id, hash, uses_left, expires_at, mac, description, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.id)
-        .bind(&t.hash)
-        .bind(t.uses_left as i64)
-        .bind(to_ms(t.expires_at))
-        .bind(&t.mac)
-        .bind(&t.description)
-        .bind(to_ms(t.created_at))
-        .execute(&self.writer)
-        .await
-        .map_err(db)?;
-        Ok(())
+        // One INSERT for tokens: the boot store's, with no machine binding.
+        self.insert_boot_token(t, None).await
     }
 
     async fn list_bootstrap_tokens(
