@@ -76,6 +76,10 @@ fn have(bin: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !found {
+        assert!(
+            std::env::var("ANNEAL_REQUIRE_SYSTEM_TESTS").as_deref() != Ok("1"),
+            "ANNEAL_REQUIRE_SYSTEM_TESTS=1 but `{bin}` is not installed"
+        );
         eprintln!(
             "SKIPPED: `{bin}` is not installed (scripts/test installs it); this check did not run"
         );
@@ -436,6 +440,10 @@ async fn anneal_serve_starts_tftp_only_when_asked_and_needs_ipxe() {
 async fn debian_ipxe_binaries_are_served_when_installed() {
     let real = Path::new(tftp::DEFAULT_IPXE_DIR);
     if !real.join("ipxe.efi").exists() {
+        assert!(
+            std::env::var("ANNEAL_REQUIRE_SYSTEM_TESTS").as_deref() != Ok("1"),
+            "ANNEAL_REQUIRE_SYSTEM_TESTS=1 but Debian's ipxe package is not installed"
+        );
         eprintln!("SKIPPED: Debian's ipxe package is not installed (scripts/test installs it)");
         return;
     }
@@ -549,4 +557,61 @@ fn packet_parser_and_transfer_survive_garbage() {
         }
     }
     assert!(parsed_ok > 100, "some mutants still parse: {parsed_ok}");
+}
+
+/// With a wildcard listen address the server has several addresses; each transfer must come
+/// from the address the client asked, or a client behind a firewall (or a picky PXE ROM) drops
+/// it. Loopback owns all of 127.0.0.0/8, so 127.0.0.1 and 127.0.0.2 are two addresses of one
+/// host without touching any real interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_listener_replies_from_the_address_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ipxe = dir.path().join("ipxe");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&ipxe).unwrap();
+    std::fs::write(root.join("small"), bytes(2_000, 5)).unwrap();
+    std::fs::write(ipxe.join("undionly.kpxe"), bytes(1_000, 6)).unwrap();
+    let server = tftp::bind(TftpConfig::new("0.0.0.0:0".parse().unwrap(), root, ipxe))
+        .await
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+
+    for asked in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        let asked: std::net::IpAddr = asked.parse().unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rrq = packet::request(1, "small", "octet", &[]);
+        sock.send_to(&rrq, (asked, port)).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("no reply")
+            .unwrap();
+        assert_eq!(from.ip(), asked, "first DATA came from {from}, not {asked}");
+        assert_ne!(from.port(), port, "a transfer has its own port (TID)");
+        assert!(matches!(
+            packet::parse(&buf[..n]),
+            Ok(Packet::Data { block: 1, .. })
+        ));
+        // Finish the transfer from the same TID, so nothing is left retransmitting.
+        let mut block = 1u16;
+        let mut len = n;
+        loop {
+            sock.send_to(&packet::ack(block), from).await.unwrap();
+            if len < 4 + 512 {
+                break;
+            }
+            let (n, f2) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+                .await
+                .expect("no next block")
+                .unwrap();
+            assert_eq!(f2, from, "every block from the same address and port");
+            block += 1;
+            len = n;
+        }
+        assert_eq!(block, 4, "2,000 bytes = 3 full blocks + 1 short");
+    }
+    stop.cancel();
 }
