@@ -6,7 +6,8 @@
 //! router, DNS, domain and MTU; renewal; a server restart after which the client renews the same
 //! address; release recorded in the store; the released address comes back to its client; no
 //! answer at all on the unconfigured interface; PXE BIOS clients get `undionly.kpxe` from us,
-//! iPXE clients the HTTP URL of their script. Needs root (namespaces); prints why when skipped.
+//! iPXE clients the HTTP URL of their script. Needs root (namespaces); prints why when skipped,
+//! or fails instead when `ANNEAL_REQUIRE_SYSTEM_TESTS=1`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -206,6 +207,9 @@ fn udhcpc(ns: &str, iface: &str, script: &Path, extra: &[&str]) -> Command {
 #[test]
 fn full_mode_with_a_real_client() {
     if let Some(why) = skip_reason() {
+        if std::env::var("ANNEAL_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+            panic!("dhcp namespace test cannot run: {why} (ANNEAL_REQUIRE_SYSTEM_TESTS=1)");
+        }
         eprintln!("dhcp namespace test skipped: {why}");
         return;
     }
