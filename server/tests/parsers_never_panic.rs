@@ -99,3 +99,80 @@ fn identity_evidence() {
         let _ = anneal_server::identity::decide(&e, &[], &Default::default());
     }
 }
+
+/// DHCP packets as proxy mode sees them, on port 67 and 4011: mutated PXE requests and random
+/// bytes never panic, and no answer ever carries an address.
+#[test]
+fn dhcp_proxy_packets() {
+    use anneal_server::dhcp::config::{DhcpConfig, DhcpFile};
+    use anneal_server::dhcp::pipeline::Outcome;
+    use anneal_server::dhcp::proxy::{handle, Listener, ProxyCtx};
+    use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode};
+    use dhcproto::Encodable;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    let file: DhcpFile = toml::from_str(
+        "arm64_file = \"arm64.efi\"\n[[proxy]]\ninterface = \"eth0\"\n\
+         [[hosts]]\nmac = \"52:54:00:00:00:01\"\nboot_file = \"h.efi\"\n",
+    )
+    .unwrap();
+    let cfg = DhcpConfig::resolve(Some(&file), &[]).unwrap();
+    let addrs = [Ipv4Addr::new(10, 0, 0, 2)];
+    let mut seeds = Vec::new();
+    for (kind, arch, vendor) in [
+        (
+            MessageType::Discover,
+            0u16,
+            "PXEClient:Arch:00000:UNDI:002001",
+        ),
+        (
+            MessageType::Discover,
+            11,
+            "PXEClient:Arch:00011:UNDI:003016",
+        ),
+        (MessageType::Request, 7, "PXEClient:Arch:00007:UNDI:003016"),
+        (
+            MessageType::Discover,
+            16,
+            "HTTPClient:Arch:00016:UNDI:003001",
+        ),
+    ] {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_htype(v4::HType::Eth)
+            .set_chaddr(&[0x52, 0x54, 0, 0, 0, 1])
+            .set_ciaddr(Ipv4Addr::new(10, 0, 0, 50));
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(kind));
+        o.insert(DhcpOption::ClientSystemArchitecture(v4::Architecture(arch)));
+        o.insert(DhcpOption::ClassIdentifier(vendor.as_bytes().to_vec()));
+        o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
+        o.insert(DhcpOption::VendorExtensions(vec![
+            71, 4, 0x80, 0, 0, 0, 255,
+        ]));
+        seeds.push(m.to_vec().unwrap());
+    }
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut answered = 0;
+    for i in 0..20_000usize {
+        let packet = mutate(&mut rng, &seeds[i % seeds.len()]);
+        for listener in [Listener::Dhcp, Listener::BootServer] {
+            let ctx = ProxyCtx {
+                cfg: &cfg,
+                iface: "eth0",
+                iface_addrs: &addrs,
+                listener,
+                from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 4011),
+            };
+            if let Outcome::Respond(r) = handle(&packet, &ctx) {
+                answered += 1;
+                assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+                let _ = r.msg.to_vec();
+            }
+        }
+    }
+    assert!(
+        answered > 100,
+        "only {answered} mutated requests were answered"
+    );
+}

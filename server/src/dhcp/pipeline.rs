@@ -127,19 +127,21 @@ pub fn parse(raw: &[u8]) -> Result<Message, &'static str> {
     Ok(msg)
 }
 
-/// What the pipeline reads from a request.
-struct Req<'m> {
-    msg: &'m Message,
-    mac: Mac,
-    kind: MessageType,
-    requested: Option<Ipv4Addr>,
-    server_id: Option<Ipv4Addr>,
-    hostname: Option<String>,
-    boot: BootHints,
+/// What the pipeline reads from a request (full and proxy mode).
+pub(super) struct Req<'m> {
+    pub(super) msg: &'m Message,
+    pub(super) mac: Mac,
+    pub(super) kind: MessageType,
+    pub(super) requested: Option<Ipv4Addr>,
+    pub(super) server_id: Option<Ipv4Addr>,
+    pub(super) hostname: Option<String>,
+    pub(super) boot: BootHints,
+    /// Option 97 (client machine identifier, the SMBIOS UUID), echoed in proxy replies.
+    pub(super) machine_id: Option<Vec<u8>>,
 }
 
 impl<'m> Req<'m> {
-    fn read(msg: &'m Message) -> Option<Req<'m>> {
+    pub(super) fn read(msg: &'m Message) -> Option<Req<'m>> {
         let chaddr = msg.chaddr();
         let mac = Mac(chaddr.get(..6)?.try_into().ok()?);
         let opts = msg.opts();
@@ -172,6 +174,10 @@ impl<'m> Req<'m> {
             Some(DhcpOption::UserClass(v)) => Some(v.clone()),
             _ => None,
         };
+        let machine_id = match opts.get(OptionCode::ClientMachineIdentifier) {
+            Some(DhcpOption::ClientMachineIdentifier(v)) => Some(v.clone()),
+            _ => None,
+        };
         Some(Req {
             msg,
             mac,
@@ -185,6 +191,7 @@ impl<'m> Req<'m> {
                 user_class,
                 ipxe_options: opts.contains(OptionCode::from(175u8)),
             },
+            machine_id,
         })
     }
 }
@@ -354,7 +361,7 @@ fn base_reply(req: &Req<'_>, kind: MessageType, server: Ipv4Addr) -> Message {
     m
 }
 
-fn destination(req: &Req<'_>, kind: MessageType) -> Dest {
+pub(super) fn destination(req: &Req<'_>, kind: MessageType) -> Dest {
     let giaddr = req.msg.giaddr();
     let ciaddr = req.msg.ciaddr();
     if !giaddr.is_unspecified() {
@@ -377,6 +384,14 @@ fn nak(req: &Req<'_>, server: Ipv4Addr, why: &str) -> Outcome {
         dest = Dest::Broadcast;
     }
     Outcome::Respond(Reply { msg: m, dest })
+}
+
+/// The 128-byte `file` header field, when the name fits (with its NUL); option 67 always
+/// carries it too.
+pub(super) fn set_file_field(m: &mut Message, file: &str) {
+    if file.len() < 128 {
+        m.set_fname_str(file);
+    }
 }
 
 fn respond(
@@ -414,9 +429,16 @@ fn respond(
     if let Some(mtu) = subnet.mtu {
         opts.insert(DhcpOption::InterfaceMtu(mtu));
     }
-    if let Some(b) = boot::decide(&req.boot, ctx.cfg, server) {
+    let host_file = ctx.cfg.host_boot_file(req.mac);
+    if let Some(b) = boot::decide(
+        &req.boot,
+        &subnet.boot,
+        ctx.cfg.http_port,
+        server,
+        host_file,
+    ) {
         m.set_siaddr(b.next_server);
-        m.set_fname_str(&b.file);
+        set_file_field(&mut m, &b.file);
         let opts = m.opts_mut();
         opts.insert(DhcpOption::BootfileName(b.file.clone().into_bytes()));
         opts.insert(DhcpOption::TFTPServerName(

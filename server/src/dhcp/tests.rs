@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::config::{DhcpConfig, DhcpFile, Mac};
 use super::pipeline::{handle, handle_message, Ctx, Dest, Leases, Outcome};
+use super::proxy;
 use crate::store::{LeaseOp, LeaseOutcome};
 
 /// In-memory leases with the store's rules, enough for decisions.
@@ -107,10 +108,13 @@ fn request(kind: MessageType, mac: [u8; 6]) -> Message {
 }
 
 async fn run(msg: &Message, iface: &str, leases: &Fake) -> Outcome {
-    let cfg = cfg();
+    run_with(&cfg(), msg, iface, leases).await
+}
+
+async fn run_with(cfg: &DhcpConfig, msg: &Message, iface: &str, leases: &Fake) -> Outcome {
     let addrs = [SERVER];
     let ctx = Ctx {
-        cfg: &cfg,
+        cfg,
         iface,
         iface_addrs: &addrs,
     };
@@ -337,15 +341,80 @@ async fn boot_file_by_architecture_and_ipxe_detection() {
 
     // ipxe.efi is configurable.
     let mut c = cfg();
-    c.uefi_file = "ipxe.efi".into();
+    c.boot.uefi = "ipxe.efi".into();
     let hints = super::boot::BootHints {
         arch: Some(7),
         ..Default::default()
     };
     assert_eq!(
-        super::boot::decide(&hints, &c, SERVER).unwrap().file,
+        super::boot::decide(&hints, &c.boot, c.http_port, SERVER, None)
+            .unwrap()
+            .file,
         "ipxe.efi"
     );
+}
+
+#[tokio::test]
+async fn per_subnet_and_per_host_boot_files_in_full_mode() {
+    let file: DhcpFile = toml::from_str(
+        r#"
+        arm64_file = "arm64.efi"
+
+        [[subnets]]
+        interface = "eth1"
+        subnet = "10.0.0.0/24"
+        range = ["10.0.0.100", "10.0.0.110"]
+        bios_file = "subnet.kpxe"
+        uefi_file = "https://boot.example/uefi.efi"
+
+        [[hosts]]
+        mac = "52:54:00:00:00:77"
+        boot_file = "host.efi"
+        "#,
+    )
+    .unwrap();
+    let c = DhcpConfig::resolve(Some(&file), &[]).unwrap();
+    let arch = |a| DhcpOption::ClientSystemArchitecture(v4::Architecture(a));
+    let boot = |mac: [u8; 6], opts: Vec<DhcpOption>| {
+        let c = c.clone();
+        async move {
+            let mut m = request(MessageType::Discover, mac);
+            for o in opts {
+                m.opts_mut().insert(o);
+            }
+            boot_file(&reply(run_with(&c, &m, "eth1", &Fake::default()).await).0)
+        }
+    };
+    assert_eq!(
+        boot(MAC, vec![arch(0)]).await.as_deref(),
+        Some("subnet.kpxe")
+    );
+    assert_eq!(
+        boot(MAC, vec![arch(7)]).await.as_deref(),
+        Some("https://boot.example/uefi.efi")
+    );
+    assert_eq!(
+        boot(MAC, vec![arch(11)]).await.as_deref(),
+        Some("arm64.efi")
+    );
+    // An absolute URL is used as it is for UEFI HTTP boot.
+    let http = DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec());
+    assert_eq!(
+        boot(MAC, vec![arch(16), http]).await.as_deref(),
+        Some("https://boot.example/uefi.efi")
+    );
+    let host = [0x52, 0x54, 0, 0, 0, 0x77];
+    assert_eq!(boot(host, vec![arch(0)]).await.as_deref(), Some("host.efi"));
+    assert_eq!(boot(host, vec![arch(9)]).await.as_deref(), Some("host.efi"));
+    assert_eq!(
+        boot(host, vec![arch(9), DhcpOption::UserClass(b"iPXE".to_vec())])
+            .await
+            .as_deref(),
+        Some("http://10.0.0.2:8080/boot.ipxe"),
+        "iPXE still gets its script"
+    );
+    // ARM64 without a configured file: an ordinary lease, no boot file.
+    assert_eq!(boot_for(vec![arch(11)]).await.0, None);
 }
 
 #[test]
@@ -392,11 +461,23 @@ fn configuration_mistakes_are_errors() {
     assert!(!DhcpConfig::resolve(None, &[]).unwrap().enabled());
 }
 
-/// Mutated packets: decode + handling never panic, and malformed ones are dropped with a reason.
+/// Mutated packets: decode + handling (full and proxy mode) never panic, and malformed ones
+/// are dropped with a reason.
 #[tokio::test]
 async fn seeded_mutations_never_panic() {
     let leases = Fake::default();
-    let cfg = cfg();
+    let mut cfg = cfg();
+    let proxy_file: DhcpFile = toml::from_str(
+        "[[proxy]]\ninterface = \"eth2\"\n\
+         [[proxy]]\ninterface = \"eth3\"\nsubnet = \"10.6.0.0/24\"\n\
+         macs = [\"52:54:00:00:00:01\"]\narm64_file = \"a.efi\"\n\
+         [[hosts]]\nmac = \"52:54:00:00:00:01\"\nboot_file = \"h.efi\"\n",
+    )
+    .unwrap();
+    let proxy_cfg = DhcpConfig::resolve(Some(&proxy_file), &[]).unwrap();
+    cfg.proxy = proxy_cfg.proxy;
+    cfg.proxy_interfaces = proxy_cfg.proxy_interfaces;
+    cfg.hosts = proxy_cfg.hosts;
     let addrs = [SERVER];
     let ctx = Ctx {
         cfg: &cfg,
@@ -422,6 +503,23 @@ async fn seeded_mutations_never_panic() {
             MessageType::Decline,
             vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 101))],
         ),
+        (
+            MessageType::Discover,
+            vec![
+                DhcpOption::ClientSystemArchitecture(v4::Architecture(0)),
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
+                DhcpOption::ClientMachineIdentifier(vec![0; 17]),
+            ],
+        ),
+        (
+            MessageType::Request,
+            vec![
+                DhcpOption::ClientSystemArchitecture(v4::Architecture(11)),
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00011:UNDI:003016".to_vec()),
+                DhcpOption::VendorExtensions(vec![71, 4, 0x80, 0, 0, 0, 255]),
+                DhcpOption::ServerIdentifier(SERVER),
+            ],
+        ),
     ] {
         let mut m = request(k, MAC);
         m.set_ciaddr(Ipv4Addr::new(10, 0, 0, 101));
@@ -435,6 +533,7 @@ async fn seeded_mutations_never_panic() {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xD4C9);
     let (mut answered, mut dropped) = (0u32, 0u32);
+    let mut proxy_answered = 0u32;
     for i in 0..100_000u32 {
         let mut p = seeds[i as usize % seeds.len()].clone();
         for _ in 0..rng.gen_range(1..6) {
@@ -467,12 +566,29 @@ async fn seeded_mutations_never_panic() {
             }
             _ => dropped += 1,
         }
+        for (iface, listener) in [
+            ("eth2", proxy::Listener::Dhcp),
+            ("eth3", proxy::Listener::BootServer),
+        ] {
+            let pctx = proxy::ProxyCtx {
+                cfg: &cfg,
+                iface,
+                iface_addrs: &addrs,
+                listener,
+                from: std::net::SocketAddrV4::new(Ipv4Addr::new(10, 6, 0, 9), 4011),
+            };
+            if let Outcome::Respond(r) = proxy::handle(&p, &pctx) {
+                proxy_answered += 1;
+                assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+                let _ = r.msg.to_vec();
+            }
+        }
         if i % 1000 == 0 {
             leases.0.lock().unwrap().clear();
         }
     }
     assert!(
-        answered > 1_000 && dropped > 1_000,
-        "answered {answered}, dropped {dropped}"
+        answered > 1_000 && dropped > 1_000 && proxy_answered > 1_000,
+        "answered {answered}, dropped {dropped}, proxy answered {proxy_answered}"
     );
 }
