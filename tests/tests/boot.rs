@@ -22,13 +22,13 @@ async fn get(server: &TestServer, path: &str) -> (u16, String) {
     (status, res.text().await.expect("body"))
 }
 
-/// The machine script as iPXE would ask for it (after `${var:uristring}` encoding).
+/// The machine script as iPXE would ask for it (strings after `:uristring` encoding).
 async fn machine_script(server: &TestServer, mac: &str, uuid: &str, platform: &str) -> String {
     let (status, body) = get(
         server,
         &format!(
             "/boot/machine.ipxe?mac={}&uuid={uuid}&serial=TEST&buildarch=x86_64&platform={platform}",
-            mac.replace(':', "%3A")
+            mac.replace(':', "-")
         ),
     )
     .await;
@@ -87,7 +87,7 @@ async fn entry_script_chains_with_the_ipxe_variables_and_nothing_404s() {
     assert_eq!(status, 200);
     assert!(body.starts_with("#!ipxe\n"), "{body}");
     let want = format!(
-        "chain --replace {}/boot/machine.ipxe?mac=${{mac:uristring}}&uuid=${{uuid:uristring}}&serial=${{serial:uristring}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}",
+        "chain --replace {}/boot/machine.ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&serial=${{serial:uristring}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}",
         server.http_url
     );
     assert!(body.contains(&want), "{body}");

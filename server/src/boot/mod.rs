@@ -5,7 +5,8 @@
 //!
 //! - `GET /boot.ipxe` — the entry script. It chains (with `--replace`) to
 //!   `/boot/machine.ipxe?mac=…&uuid=…&serial=…&buildarch=…&platform=…`, the values filled in
-//!   by iPXE and URL-encoded with `${var:uristring}`.
+//!   by iPXE: `mac` as `52-54-00-…` (`:hexhyp`), `uuid` in its own hex-and-hyphens form, the
+//!   string settings URL-encoded with `:uristring` (see the entry template for why).
 //! - `GET /boot/machine.ipxe` — this machine's script. Unknown machines get `discovery`; known
 //!   machines get `local` unless an operator asked for a rediscovery
 //!   (`POST /api/v1/machines/{id}/rediscover`). A machine is looked up by SMBIOS UUID (and its

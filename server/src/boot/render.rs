@@ -11,12 +11,19 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 /// Seconds an error script waits before asking for its script again.
 pub const RETRY_SECS: u32 = 30;
 
+// The query: `mac` and `uuid` are binary settings. A `:type` suffix reinterprets a setting's raw
+// bytes, so `${mac:uristring}` is the six bytes percent-encoded as text — `RT%00…` for
+// 52:54:00:… — and Debian's iPXE (1.0.0+git-20190125) ends the request URI at the first NUL
+// byte: the server saw `?mac=RT` and nothing else (seen on SeaBIOS and OVMF in the virtual rack,
+// tests/tests/pxe_boot.rs). So `mac` is formatted `:hexhyp` (52-54-00-…) and `uuid` in its own
+// type (hex and hyphens): URL-safe either way. Only true strings (`serial`, `buildarch`,
+// `platform`) go through `:uristring`, since a serial may hold anything.
 const ENTRY: &str = r#"#!ipxe
 # Anneal entry script: ask for this machine's own script, naming it by MAC, SMBIOS UUID and
 # serial, and saying which firmware runs iPXE. `--replace` ends this script, so an `exit` in the
 # machine's script reaches the firmware instead of returning here.
 :retry
-chain --replace {{ base_url }}/boot/machine.ipxe?mac=${mac:uristring}&uuid=${uuid:uristring}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed
+chain --replace {{ base_url }}/boot/machine.ipxe?mac=${mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed
 :failed
 echo Anneal: could not fetch this machine's boot script from {{ base_url }}
 prompt --timeout {{ retry_ms }} Retrying in {{ retry_secs }} seconds, or press any key... ||
@@ -50,6 +57,12 @@ chain --replace {{ base_url }}/boot.ipxe || goto failed
 //   returns. If that fails (no bootable disk), `exit 1` hands back to the BIOS for its next
 //   device.
 // - Platform unknown (an old client that did not say): decide at run time with `${platform}`.
+// Both seen working on real firmware in the virtual rack (tests/tests/pxe_boot.rs): SeaBIOS +
+// Debian's iPXE print "Booting from SAN device 0x80" and run the MBR; OVMF takes `exit 1` as a
+// failed boot option and goes on down its boot order. Note that OVMF (like many servers) lists
+// four entries per NIC — PXEv4, PXEv6, HTTPv4, HTTPv6 — so after `exit 1` it tries the NIC's
+// remaining entries before the disk; with IPv6 enabled but no DHCPv6 server, each IPv6 entry
+// waits ~90 s. Firmware set to IPv4-only network boot reaches the disk in seconds.
 // The entry script chains here with `--replace`, so `exit` leaves iPXE rather than returning to
 // the entry script (without it, control returns to the caller and it retries forever).
 const LOCAL: &str = r#"#!ipxe
@@ -248,7 +261,7 @@ mod tests {
             .render("entry", context! { base_url => "http://h:8080" }, RETRY)
             .unwrap();
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("chain --replace http://h:8080/boot/machine.ipxe?mac=${mac:uristring}&uuid=${uuid:uristring}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed"), "{s}");
+        assert!(s.contains("chain --replace http://h:8080/boot/machine.ipxe?mac=${mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring} || goto failed"), "{s}");
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! The real `anneal serve` inside a rack's namespace, with any TOML configuration: its log,
+//! admin token, CA fingerprint, store, and calls to its operator and enrollment APIs (made from
+//! a thread inside the namespace, since nothing routes there from the host).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anneal_agent::clock::Clock;
+use anneal_server::store::{LeaseRecord, LeaseStore, SqliteStore};
+use anneal_shared::protocol::IdentityHints;
+use anyhow::{anyhow, bail, Context, Result};
+use tempfile::TempDir;
+
+use super::{binaries, wait, Rack};
+
+/// Log filter given to the server: DHCP and TFTP at debug, so tests can follow every packet.
+pub const LOG_FILTER: &str = "info,anneal_server::dhcp=debug,anneal_server::tftp=debug";
+
+/// A running `anneal serve`, stopped (SIGTERM, then SIGKILL) when dropped. Borrows its rack,
+/// so it always goes before the namespace does.
+pub struct Anneal<'r> {
+    rack: &'r Rack,
+    child: Option<Child>,
+    /// Holds the config, the data directory and the log.
+    dir: TempDir,
+    /// The server's stderr (tracing log plus the start-up banner).
+    pub log: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `https://HOST:PORT` of the operator API and enrollment, as reached inside the namespace.
+    pub api_url: String,
+    /// `http://HOST:PORT` of the plain-HTTP boot listener.
+    pub http_url: String,
+    /// The CA fingerprint agents pin (`sha256:…`).
+    pub ca_fingerprint: String,
+    /// The admin API token made on first start.
+    pub admin_token: String,
+}
+
+/// One `boot script served` log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptServed {
+    /// Machine id, or `unknown`.
+    pub machine: String,
+    /// The MAC iPXE named.
+    pub mac: String,
+    /// `pcbios`, `efi` or `unknown`.
+    pub platform: String,
+    /// The boot environment: `discovery`, `local` or `error`.
+    pub env: String,
+    /// The whole line.
+    pub line: String,
+}
+
+/// The value of `key=` in a tracing log line, without quotes.
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(" {key}=");
+    let rest = &line[line.find(&needle)? + needle.len()..];
+    let value = if let Some(quoted) = rest.strip_prefix('"') {
+        &quoted[..quoted.find('"').unwrap_or(quoted.len())]
+    } else {
+        rest.split_whitespace().next().unwrap_or("")
+    };
+    Some(value.to_string())
+}
+
+impl<'r> Anneal<'r> {
+    /// Start `anneal serve` on the rack's bridge address (see [`Anneal::start_at`]).
+    pub fn start(rack: &'r Rack, config: &str) -> Result<Anneal<'r>> {
+        Self::start_at(rack, config, rack.server_ip())
+    }
+
+    /// Start `anneal serve --config FILE` inside the namespace, `config` being the TOML text
+    /// with `{data_dir}` replaced by a fresh data directory. `host` is the address the test
+    /// reaches it on (wildcard listen addresses in the log are replaced by it). Returns once
+    /// the server says it is serving; fails with the log if it exits first.
+    pub fn start_at(rack: &'r Rack, config: &str, host: Ipv4Addr) -> Result<Anneal<'r>> {
+        let bin = binaries::anneal()?;
+        let dir = tempfile::tempdir().context("temp dir for anneal")?;
+        let data_dir = dir.path().join("data");
+        let log = dir.path().join("anneal.log");
+        let config_path = dir.path().join("anneal.toml");
+        let config = config.replace("{data_dir}", &data_dir.display().to_string());
+        std::fs::write(&config_path, &config).context("writing anneal.toml")?;
+        let child = rack
+            .netns
+            .command(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("ANNEAL_LOG", LOG_FILTER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating the server log")?)
+            .spawn()
+            .with_context(|| format!("spawning {} serve", bin.display()))?;
+        let mut server = Anneal {
+            rack,
+            child: Some(child),
+            dir,
+            log,
+            data_dir,
+            api_url: String::new(),
+            http_url: String::new(),
+            ca_fingerprint: String::new(),
+            admin_token: String::new(),
+        };
+        let banner = wait::until("anneal to start", wait::START, || {
+            let text = server.log_text();
+            if text.contains("anneal is serving") && text.contains("CA fingerprint:") {
+                return Some(Ok(text));
+            }
+            match server.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(Err(anyhow!("anneal exited ({status})"))),
+                _ => None,
+            }
+        })
+        .and_then(|r| r)
+        .with_context(|| format!("server log:\n{}", server.log_tail(40)))?;
+        let after = |prefix: &str| -> Result<String> {
+            banner
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
+                .with_context(|| format!("no `{prefix}` in the start-up banner"))
+        };
+        server.ca_fingerprint = after("CA fingerprint:")?;
+        server.api_url = reachable(&after("operator API + enrollment:")?, host);
+        server.http_url = reachable(
+            after("iPXE (plain HTTP):")?
+                .trim_end_matches("/boot.ipxe")
+                .trim(),
+            host,
+        );
+        let token_file = server.data_dir.join(anneal_server::app::ADMIN_TOKEN_FILE);
+        server.admin_token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_string();
+        Ok(server)
+    }
+
+    /// The server's PID (it runs as our child; `ip netns exec` became it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The working directory holding config, data and log (for extra files a test needs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Put a discovery image (kernel and initrd) where the default `discovery_dir` is.
+    pub fn put_discovery_image(&self, kernel: &[u8], initrd: &[u8]) -> Result<()> {
+        let dir = self.data_dir.join("images").join("discovery");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join(anneal_server::boot::KERNEL_NAME), kernel)?;
+        std::fs::write(dir.join(anneal_server::boot::INITRD_NAME), initrd)?;
+        Ok(())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        wait::read_lossy(&self.log)
+    }
+
+    /// The log's last `n` lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        wait::tail(&self.log_text(), n)
+    }
+
+    /// Wait for a log line matching `pred`; returns it. The error carries the log's tail.
+    pub fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+        deadline: Duration,
+    ) -> Result<String> {
+        wait::until(what, deadline, || {
+            self.log_text()
+                .lines()
+                .find(|l| pred(l))
+                .map(str::to_string)
+        })
+        .with_context(|| format!("server log:\n{}", self.log_tail(40)))
+    }
+
+    /// Every `boot script served` line so far.
+    pub fn scripts_served(&self) -> Vec<ScriptServed> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("boot script served"))
+            .map(|l| ScriptServed {
+                machine: log_field(l, "machine").unwrap_or_default(),
+                mac: log_field(l, "mac").unwrap_or_default(),
+                platform: log_field(l, "platform").unwrap_or_default(),
+                env: log_field(l, "env").unwrap_or_default(),
+                line: l.to_string(),
+            })
+            .collect()
+    }
+
+    /// Wait until a machine script was served to `mac`; returns the first such.
+    pub fn wait_script_for(&self, mac: &str, deadline: Duration) -> Result<ScriptServed> {
+        let mac = mac.to_ascii_lowercase();
+        wait::until(&format!("a boot script for {mac}"), deadline, || {
+            self.scripts_served().into_iter().find(|s| s.mac == mac)
+        })
+        .with_context(|| format!("server log:\n{}", self.log_tail(40)))
+    }
+
+    /// Leases in the server's store (SQLite in the data directory), read beside the server.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
+        let db = self.data_dir.join("anneal.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let store = SqliteStore::open(&db)
+                .await
+                .with_context(|| format!("opening {}", db.display()))?;
+            store.list_leases().await.context("listing leases")
+        })
+    }
+
+    /// An HTTPS client that trusts only this server's CA (pinned by fingerprint).
+    fn https(&self) -> Result<reqwest::Client> {
+        anneal_server::install_crypto_provider();
+        let fp = anneal_agent::tls::parse_fingerprint(&self.ca_fingerprint)
+            .context("bad CA fingerprint")?;
+        let tls = anneal_agent::tls::PinnedCa::new(fp, Clock::system())
+            .client_config(None)
+            .context("TLS config")?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("HTTP client")
+    }
+
+    /// `GET` an operator API path with the admin token; the JSON body.
+    pub fn api_get(&self, path: &str) -> Result<serde_json::Value> {
+        let client = self.https()?;
+        let url = format!("{}{path}", self.api_url);
+        let token = self.admin_token.clone();
+        self.rack.netns.block_on(|| async move {
+            let res = client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let status = res.status();
+            let body = res.text().await?;
+            if !status.is_success() {
+                bail!("GET {url}: {status}: {body}");
+            }
+            serde_json::from_str(&body).with_context(|| format!("GET {url}: {body}"))
+        })?
+    }
+
+    /// Prometheus metrics text from `/metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        let client = self.https()?;
+        let url = format!("{}/metrics", self.api_url);
+        self.rack.netns.block_on(|| async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?
+                .text()
+                .await
+                .context("metrics body")
+        })?
+    }
+
+    /// Enroll `hints` as a real agent would (bootstrap token through the operator API, then the
+    /// agent crate's own enrollment client). The server then knows the machine, and records
+    /// its locally administered MACs (QEMU's 52:54:00:…) as boot MACs. Returns the machine id.
+    pub fn enroll(&self, hints: IdentityHints, boot_id: &str) -> Result<String> {
+        let client = self.https()?;
+        let api = self.api_url.clone();
+        let token = self.admin_token.clone();
+        let fp = self.ca_fingerprint.clone();
+        let boot_id = boot_id.to_string();
+        self.rack.netns.block_on(|| async move {
+            let res = client
+                .post(format!("{api}/api/v1/tokens"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"uses": 1, "ttl_secs": 600}))
+                .send()
+                .await
+                .context("creating a bootstrap token")?;
+            if res.status() != 201 {
+                bail!("token creation: {}: {}", res.status(), res.text().await?);
+            }
+            let v: serde_json::Value = res.json().await?;
+            let secret = v["token"]
+                .as_str()
+                .context("no token in the answer")?
+                .to_string();
+            let session = anneal_agent::client::Enroller::new(&api, &fp, Clock::system())?
+                .enroll(&secret, hints, &boot_id, "rack-test")
+                .await
+                .context("enrollment")?;
+            Ok(session.machine_id.to_string())
+        })?
+    }
+
+    /// Stop with SIGTERM and wait (SIGKILL after 15 s).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Anneal<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- anneal log (last 40 lines) ---\n{}", self.log_tail(40));
+        }
+        self.shutdown();
+    }
+}
+
+/// `https://0.0.0.0:8443` → `https://HOST:8443`; other addresses stay.
+fn reachable(url: &str, host: Ipv4Addr) -> String {
+    url.replace("0.0.0.0", &host.to_string())
+        .replace("[::]", &host.to_string())
+}
