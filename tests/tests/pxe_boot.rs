@@ -104,8 +104,14 @@ fn bios_machine_gets_a_lease_and_its_script() {
                 .any(|l| l.starts_with("anneal_boot_scripts_total{env=\"entry\"}")),
             "entry script not counted:\n{metrics}"
         );
+        // Power control through QMP: a reset starts the firmware again.
+        vm.reset()?;
+        wait::until("SeaBIOS again after a reset", wait::BOOT, || {
+            (vm.serial_text().matches("SeaBIOS (version").count() >= 2).then_some(())
+        })
+        .with_context(|| vm.tails())?;
         eprintln!("bios: lease {ip}, {}", served.line);
-        vm.quit();
+        vm.quit()?;
         Ok(())
     });
 }
@@ -142,7 +148,7 @@ fn uefi_firmware_pxe_loads_ipxe_by_tftp_then_its_script() {
                 "TFTP transfer from another address than the lease {ip}: {tftp}"
             );
             eprintln!("uefi: lease {ip}, {tftp}\n{}", served.line);
-            vm.quit();
+            vm.quit()?;
             Ok(())
         },
     );
@@ -187,7 +193,7 @@ fn known_bios_machine_boots_its_local_disk() {
             );
         }
         eprintln!("bios local: {}", served.line);
-        vm.quit();
+        vm.quit()?;
         Ok(())
     });
 }
@@ -233,7 +239,7 @@ fn known_uefi_machine_boots_its_local_disk() {
             );
             let path: Vec<&str> = console.lines().filter(|l| l.contains("BdsDxe:")).collect();
             eprintln!("uefi local: {}\n{}", served.line, path.join("\n"));
-            vm.quit();
+            vm.quit()?;
             Ok(())
         },
     );

@@ -377,15 +377,22 @@ impl<'r> Machine<'r> {
             .map(|_| ())
     }
 
-    /// Stop QEMU now (QMP `quit`, then wait; killed if that does not work).
-    pub fn quit(mut self) {
-        if let Ok(mut q) = self.qmp() {
-            let _ = q.execute("quit", serde_json::json!({}));
-        }
-        let _ = wait::until("QEMU to exit", Duration::from_secs(10), || {
+    /// Stop QEMU now with QMP `quit` and wait for it to exit. An error says QMP did not
+    /// work; the machine is killed (on drop) either way.
+    pub fn quit(mut self) -> Result<()> {
+        self.qmp()?
+            .execute("quit", serde_json::json!({}))
+            .or_else(|e| {
+                // QEMU may close the socket before answering `quit`.
+                if e.to_string().contains("closed") {
+                    Ok(serde_json::Value::Null)
+                } else {
+                    Err(e)
+                }
+            })?;
+        wait::until("QEMU to exit after quit", Duration::from_secs(30), || {
             (!self.is_running()).then_some(())
-        });
-        // Drop kills whatever is left.
+        })
     }
 }
 
