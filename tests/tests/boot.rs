@@ -307,3 +307,74 @@ async fn artifacts_are_content_addressed_with_range_and_head() {
     assert_eq!(status, 404, "unknown artifacts are not scripts");
     server.stop().await;
 }
+
+/// UEFI HTTP boot: DHCP tells the firmware `http://SERVER:8080/ipxe/<file>`; the boot listener
+/// serves the TFTP tree there under TFTP's rules (built-ins, files in the root, nothing outside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_boot_firmware_gets_ipxe_binaries_and_nothing_outside_the_tftp_tree() {
+    let outside = tempfile::tempdir().unwrap();
+    let ipxe = outside.path().join("ipxe");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    let efi: Vec<u8> = (0..173_792u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(ipxe.join("snponly.efi"), &efi).unwrap();
+    std::fs::write(ipxe.join("not-a-built-in.efi"), b"x").unwrap();
+    std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+    let ipxe_dir = ipxe.clone();
+    let server = TestServer::start_with(move |a| a.ipxe_dir = Some(ipxe_dir)).await;
+    let root = server.dir.path().join("tftp");
+    std::fs::create_dir_all(root.join("arm64")).unwrap();
+    std::fs::write(root.join("arm64/snponly.efi"), b"arm64 build").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), root.join("escape")).unwrap();
+
+    let client = plain_http();
+    let url = |p: &str| format!("{}/ipxe/{p}", server.http_url);
+    let res = client.get(url("snponly.efi")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.content_length(), Some(efi.len() as u64));
+    assert!(res.bytes().await.unwrap() == efi, "byte-exact");
+    let head = client.head(url("snponly.efi")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        efi.len().to_string()
+    );
+    let ranged = client
+        .get(url("snponly.efi"))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert!(ranged.bytes().await.unwrap() == efi[100..200]);
+    let (status, body) = get(&server, "/ipxe/arm64/snponly.efi").await;
+    assert_eq!((status, body.as_str()), (200, "arm64 build"));
+
+    for (path, want) in [
+        ("missing.efi", 404),
+        ("not-a-built-in.efi", 404), // in the iPXE directory, but not one of the built-ins
+        ("escape", 403),             // symlink out of the root
+        ("../ipxe/snponly.efi", 403),
+        ("%2e%2e/ipxe/snponly.efi", 403),
+        ("..%2fsecret", 403),
+        ("arm64/%2e%2e/%2e%2e/secret", 403),
+    ] {
+        // Raw request: an HTTP client library would normalise the dots away before sending.
+        assert_eq!(
+            raw_get_status(&server, &format!("/ipxe/{path}")).await,
+            want,
+            "{path}"
+        );
+    }
+}
+
+/// The status of a GET sent exactly as written (no URL normalisation).
+async fn raw_get_status(server: &TestServer, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.http_url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 12];
+    conn.read_exact(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}

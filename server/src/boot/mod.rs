@@ -26,6 +26,7 @@
 //! to enroll, which is visible.
 
 pub mod artifacts;
+pub mod http_boot;
 pub mod render;
 
 use std::collections::HashMap;
@@ -96,6 +97,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/boot.ipxe", get(entry))
         .route("/boot/machine.ipxe", get(machine_script))
         .route("/artifacts/{sha256}/{name}", get(artifact))
+        .route("/ipxe/{*name}", get(firmware_file))
         .fallback(unknown)
         .with_state(boot)
 }
@@ -192,6 +194,14 @@ async fn artifact(
     req: Request,
 ) -> Response {
     boot.artifacts.serve(&sha256, &name, req).await
+}
+
+async fn firmware_file(
+    State(boot): State<Arc<Boot>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    http_boot::serve(&boot.app, name, req).await
 }
 
 /// What iPXE told us about itself, cleaned.

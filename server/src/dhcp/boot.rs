@@ -136,8 +136,14 @@ pub fn decide(
             (None, Some(arch::EFI_X64_HTTP) | None) => &files.uefi,
             (None, Some(_)) => return None,
         };
+        // The boot HTTP listener serves the TFTP tree (root + iPXE binaries) under `/ipxe/`.
+        let file = if file.starts_with("http://") || file.starts_with("https://") {
+            file.to_string()
+        } else {
+            http(&format!("ipxe/{}", file.trim_start_matches('/')))
+        };
         return Some(Boot {
-            file: http(file),
+            file,
             next_server: server,
             vendor_class: Some("HTTPClient"),
         });

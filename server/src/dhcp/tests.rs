@@ -316,7 +316,7 @@ async fn boot_file_by_architecture_and_ipxe_detection() {
         DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec()),
     ])
     .await;
-    assert_eq!(f.as_deref(), Some("http://10.0.0.2:8080/snponly.efi"));
+    assert_eq!(f.as_deref(), Some("http://10.0.0.2:8080/ipxe/snponly.efi"));
     assert_eq!(
         offer.opts().get(OptionCode::ClassIdentifier),
         Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))

@@ -261,7 +261,7 @@ fn http_boot_gets_a_url_and_httpclient() {
     assert_proxy_reply(&offer, MessageType::Offer, ETH2);
     assert_eq!(vendor_class(&offer), Some(&b"HTTPClient"[..]));
     assert_eq!(option43(&offer), None);
-    assert_eq!(file(&offer), "http://10.2.0.5:8080/snponly.efi");
+    assert_eq!(file(&offer), "http://10.2.0.5:8080/ipxe/snponly.efi");
 }
 
 #[test]
@@ -460,7 +460,7 @@ fn per_scope_and_per_host_overrides() {
     );
     assert_eq!(
         file(&reply(on67(&d, "eth2")).0),
-        "http://10.2.0.5:8080/special.efi"
+        "http://10.2.0.5:8080/ipxe/special.efi"
     );
 }
 
@@ -482,7 +482,7 @@ fn arm64_only_where_a_file_is_configured() {
     assert_eq!(option43(&offer), None, "UEFI: the 4011 path");
     assert_eq!(
         file(&reply(on67(&http, "eth3")).0),
-        "http://10.3.0.5:8080/arm64/snponly.efi"
+        "http://10.3.0.5:8080/ipxe/arm64/snponly.efi"
     );
     // Architectures we have nothing for (Itanium, x86 UEFI).
     for arch in [2u16, 6] {

@@ -74,6 +74,13 @@ impl Files {
 
     /// Open `name` for reading: the file and its size. Blocking (call from `spawn_blocking`).
     pub fn open(&self, name: &str) -> Result<(File, u64), FileError> {
+        let (path, in_root) = self.resolve(name)?;
+        open_regular(&path, in_root)
+    }
+
+    /// The real path `name` stands for, checked as [`Files::open`] checks it, and whether it lies
+    /// in the root (`false`: a built-in from the iPXE directory). Blocking.
+    pub fn resolve(&self, name: &str) -> Result<(PathBuf, bool), FileError> {
         let parts = clean_name(name)?;
         let mut path = self.root.clone();
         path.extend(&parts);
@@ -82,7 +89,7 @@ impl Files {
                 if !real.starts_with(&self.root) {
                     return Err(FileError::AccessViolation("path leads outside the root"));
                 }
-                return open_regular(&real, true);
+                return Ok((real, true));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // A dangling symlink is still a symlink: refuse it rather than call it missing.
@@ -99,7 +106,7 @@ impl Files {
         if let [one] = parts.as_slice() {
             if BUILT_INS.contains(one) {
                 // Operator-configured directory: its own symlinks (Debian's ipxe.efi is one) are trusted.
-                return open_regular(&self.ipxe_dir.join(one), false);
+                return Ok((self.ipxe_dir.join(one), false));
             }
         }
         Err(FileError::NotFound)
