@@ -163,6 +163,16 @@ pub async fn start(mut config: Config) -> Result<Running> {
 
     let shutdown = CancellationToken::new();
     let dhcp = crate::dhcp::start(&app.config.dhcp, app.store.clone(), shutdown.clone())?;
+    if app.config.dhcp.enabled() && tftp_addr.is_none() {
+        // Not an error: another host may serve TFTP (`next_server`), or every client may be
+        // iPXE or HTTP boot already. But the usual set-up needs it, and a silent PXE-E32
+        // timeout on the console is the classic symptom.
+        tracing::warn!(
+            "DHCP is on but TFTP is off: PXE firmware will be told to fetch iPXE by TFTP from \
+             this host and time out; add --tftp-listen 0.0.0.0:69 unless next_server points \
+             elsewhere"
+        );
+    }
     let api = tokio::spawn(crate::tls::serve(
         "api",
         api_listener,
