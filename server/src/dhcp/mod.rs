@@ -157,7 +157,9 @@ async fn send(sock: &UdpSocket, iface: &str, outcome: Outcome) {
     match sock.send_to(&bytes, to).await {
         Ok(_) => {
             metrics::counter!("anneal_dhcp_sent_total", "type" => kind.clone()).increment(1);
-            tracing::debug!(interface = %iface, %to, kind, yiaddr = %reply.msg.yiaddr(), "DHCP reply sent");
+            tracing::debug!(interface = %iface, %to, kind, yiaddr = %reply.msg.yiaddr(),
+                chaddr = %config::Mac(reply.msg.chaddr().get(..6).and_then(|m| m.try_into().ok()).unwrap_or_default()),
+                "DHCP reply sent");
         }
         Err(e) => {
             metrics::counter!("anneal_dhcp_send_errors_total").increment(1);

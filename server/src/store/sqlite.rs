@@ -29,6 +29,8 @@ use crate::identity::{self, Candidate, Decision, Evidence, IdKind, Identifier};
 pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
+    /// Where never-used lease addresses start, per range (see `sqlite_leases`).
+    pub(super) fresh: super::sqlite_leases::FreshCursors,
 }
 
 pub(super) fn db(e: sqlx::Error) -> StoreError {
@@ -68,7 +70,11 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(db)?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            fresh: Default::default(),
+        })
     }
 
     pub(super) fn writer(&self) -> &SqlitePool {

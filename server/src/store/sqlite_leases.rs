@@ -1,8 +1,9 @@
 //! [`LeaseStore`] on SQLite. Every write is a conditional upsert/update on the address's row;
 //! the affected-row count says whether this operation won.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
@@ -18,6 +19,54 @@ use super::{from_ms, to_ms, SqliteStore, StoreError, StoreResult};
 const FRESH_TRIES: usize = 32;
 /// How many expired or released addresses one offer tries.
 const REUSE_TRIES: i64 = 32;
+
+/// Per range `(lo, hi)`: no never-used address lies below this one. A hint kept in memory so an
+/// offer finds the next never-used address with one indexed lookup instead of reading every
+/// used address of the range (which made each offer O(leases)). Sound because lease rows are
+/// never deleted: once used, an address stays used, so the cursor only moves up. A batch works
+/// on a copy that is kept only when its transaction commits (a rolled-back claim must not move
+/// it). Lost on restart: it starts again at `lo` and the first gap search skips the used run.
+#[derive(Default)]
+pub(super) struct FreshCursors(Mutex<Cursors>);
+
+type Cursors = HashMap<(u32, u32), u32>;
+
+impl FreshCursors {
+    fn load(&self) -> Cursors {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn keep(&self, batch: Cursors) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (range, next) in batch {
+            let c = m.entry(range).or_insert(next);
+            *c = (*c).max(next);
+        }
+    }
+}
+
+/// The first never-used address at or after `from` (which must be ≤ `hi`), if any in range:
+/// `from` itself when it has no row, else the address after the end of the used run that
+/// starts there (one indexed walk inside SQLite, one row back).
+async fn next_never_used(
+    tx: &mut Transaction<'_, Sqlite>,
+    from: u32,
+    hi: u32,
+) -> StoreResult<Option<u32>> {
+    let row = sqlx::query(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM leases WHERE ip = ?1) THEN ?1 ELSE \
+           (SELECT l.ip + 1 FROM leases l WHERE l.ip >= ?1 AND l.ip < ?2 \
+              AND NOT EXISTS (SELECT 1 FROM leases m WHERE m.ip = l.ip + 1) \
+            ORDER BY l.ip LIMIT 1) END AS ip",
+    )
+    .bind(i64::from(from))
+    .bind(i64::from(hi))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    let n: Option<i64> = row.try_get("ip").map_err(db)?;
+    Ok(n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n <= hi))
+}
 
 fn ip_num(ip: Ipv4Addr) -> i64 {
     i64::from(u32::from(ip))
@@ -48,9 +97,12 @@ const COLS: &str = "ip, mac, subnet, state, expires_at, hostname, updated_at";
 
 /// Claim `ip` for `mac` in `state` until `until`, if the row is absent, already this MAC's (and
 /// not declined), released, or expired. A bound lease of the same MAC is never shortened or
-/// downgraded by an offer. True when claimed.
+/// downgraded by an offer. True when claimed. `others` says whether the client may hold other
+/// live addresses in the subnet (false only when the caller just saw it holds none), which
+/// decides whether they are given back.
 #[allow(clippy::too_many_arguments)]
 async fn claim(
+    others: bool,
     tx: &mut Transaction<'_, Sqlite>,
     ip: Ipv4Addr,
     mac: &str,
@@ -90,6 +142,9 @@ async fn claim(
     if done.rows_affected() != 1 {
         return Ok(false);
     }
+    if !others {
+        return Ok(true);
+    }
     // One live lease per client and subnet: its other addresses are given back.
     sqlx::query(
         "UPDATE leases SET state = 'released', expires_at = MIN(expires_at, ?1), updated_at = ?1 \
@@ -109,6 +164,7 @@ async fn offer(
     tx: &mut Transaction<'_, Sqlite>,
     op: &LeaseOp,
     now: OffsetDateTime,
+    cursors: &mut Cursors,
 ) -> StoreResult<LeaseOutcome> {
     let LeaseOp::Offer {
         subnet,
@@ -127,7 +183,7 @@ async fn offer(
     let offered = LeaseState::Offered;
     if let Some(ip) = fixed {
         return Ok(
-            if claim(tx, *ip, mac, subnet, offered, *hold_until, host, now).await? {
+            if claim(true, tx, *ip, mac, subnet, offered, *hold_until, host, now).await? {
                 LeaseOutcome::Leased(*ip)
             } else {
                 LeaseOutcome::Exhausted
@@ -149,6 +205,8 @@ async fn offer(
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
+    // A client with no rows here holds nothing to give back when it claims an address.
+    let others = !mine.is_empty();
     let mut candidates = Vec::new();
     for r in &mine {
         let n: i64 = r.try_get("ip").map_err(db)?;
@@ -159,34 +217,34 @@ async fn offer(
     // 2. What it asked for.
     candidates.extend(requested.iter().copied());
     for ip in candidates {
-        if usable(ip) && claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+        if usable(ip) && claim(others, tx, ip, mac, subnet, offered, *hold_until, host, now).await?
+        {
             return Ok(LeaseOutcome::Leased(ip));
         }
     }
-    // 3. A never-used address.
-    let used: HashSet<u32> = sqlx::query("SELECT ip FROM leases WHERE ip BETWEEN ? AND ?")
-        .bind(i64::from(lo))
-        .bind(i64::from(hi))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db)?
-        .iter()
-        .filter_map(|r| r.try_get::<i64, _>("ip").ok())
-        .filter_map(|n| u32::try_from(n).ok())
-        .collect();
+    // 3. The lowest never-used address, from the cursor up.
+    let mut from = cursors.get(&(lo, hi)).copied().unwrap_or(lo).max(lo);
     let mut tries = 0;
-    for n in lo..=hi {
+    while from <= hi && tries < FRESH_TRIES {
+        let Some(n) = next_never_used(tx, from, hi).await? else {
+            // None left: later offers go straight to reuse.
+            cursors.insert((lo, hi), hi.saturating_add(1));
+            break;
+        };
+        from = n.saturating_add(1);
         let ip = Ipv4Addr::from(n);
-        if used.contains(&n) || !usable(ip) {
+        if !usable(ip) {
+            // An excluded address (someone's reservation) is skipped, not used.
+            if n == u32::MAX {
+                break;
+            }
             continue;
         }
-        if claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+        if claim(others, tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+            cursors.insert((lo, hi), from);
             return Ok(LeaseOutcome::Leased(ip));
         }
         tries += 1;
-        if tries >= FRESH_TRIES {
-            break;
-        }
     }
     // 4. The longest-free expired or released address.
     let stale = sqlx::query(
@@ -205,7 +263,8 @@ async fn offer(
             continue;
         };
         let ip = Ipv4Addr::from(n);
-        if usable(ip) && claim(tx, ip, mac, subnet, offered, *hold_until, host, now).await? {
+        if usable(ip) && claim(others, tx, ip, mac, subnet, offered, *hold_until, host, now).await?
+        {
             return Ok(LeaseOutcome::Leased(ip));
         }
     }
@@ -216,9 +275,10 @@ async fn apply_one(
     tx: &mut Transaction<'_, Sqlite>,
     op: &LeaseOp,
     now: OffsetDateTime,
+    cursors: &mut Cursors,
 ) -> StoreResult<LeaseOutcome> {
     match op {
-        LeaseOp::Offer { .. } => offer(tx, op, now).await,
+        LeaseOp::Offer { .. } => offer(tx, op, now, cursors).await,
         LeaseOp::Bind {
             subnet,
             mac,
@@ -227,6 +287,7 @@ async fn apply_one(
             hostname,
         } => Ok(
             if claim(
+                true,
                 tx,
                 *ip,
                 mac,
@@ -283,12 +344,14 @@ impl LeaseStore for SqliteStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let mut cursors = self.fresh.load();
         let mut tx = self.writer.begin().await.map_err(db)?;
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            out.push(apply_one(&mut tx, op, now).await?);
+            out.push(apply_one(&mut tx, op, now, &mut cursors).await?);
         }
         tx.commit().await.map_err(db)?;
+        self.fresh.keep(cursors);
         Ok(out)
     }
 
