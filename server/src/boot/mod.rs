@@ -25,6 +25,7 @@
 //! to enroll, which is visible.
 
 pub mod artifacts;
+mod file_body;
 pub mod render;
 
 use std::collections::HashMap;

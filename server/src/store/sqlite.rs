@@ -29,8 +29,8 @@ use crate::identity::{self, Candidate, Decision, Evidence, IdKind, Identifier};
 pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
-    /// Where never-used lease addresses start, per range (see `sqlite_leases`).
-    pub(super) fresh: super::sqlite_leases::FreshCursors,
+    /// The lease batches' own connection (see `sqlite_leases`).
+    pub(super) leases: std::sync::Arc<super::sqlite_leases::LeaseConn>,
 }
 
 pub(super) fn db(e: sqlx::Error) -> StoreError {
@@ -70,10 +70,11 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(db)?;
+        let leases = super::sqlite_leases::LeaseConn::open(path)?;
         Ok(SqliteStore {
             writer,
             reader,
-            fresh: Default::default(),
+            leases,
         })
     }
 
