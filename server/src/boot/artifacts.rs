@@ -3,8 +3,9 @@
 //!
 //! A file's hash is computed once (streaming) and cached by path, size and modification time;
 //! when the file changes, the next script links the new hash and the old URL stops resolving.
-//! Files are streamed by tower-http's `ServeFile` (Range, HEAD, Content-Length), never loaded
-//! into memory.
+//! Files are streamed, never loaded into memory: a plain GET of the whole file by
+//! [`super::file_body`] (large reads, one ahead), anything else — Range, HEAD, conditional
+//! requests — by tower-http's `ServeFile`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -14,7 +15,7 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -98,9 +99,19 @@ impl Artifacts {
             )
                 .into_response();
         };
-        let mut res = match ServeFile::new(&path).oneshot(req).await {
-            Ok(r) => r.map(Body::new),
-            Err(e) => match e {},
+        let mut res = if is_plain_get(&req) {
+            match super::file_body::whole_file(&path).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "reading an artifact failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        } else {
+            match ServeFile::new(&path).oneshot(req).await {
+                Ok(r) => r.map(Body::new),
+                Err(e) => match e {},
+            }
         };
         if res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED {
             res.headers_mut()
@@ -110,6 +121,21 @@ impl Artifacts {
             .increment(1);
         res
     }
+}
+
+/// A GET of the whole file, with nothing for `ServeFile`'s Range and conditional handling to do.
+fn is_plain_get(req: &Request) -> bool {
+    req.method() == Method::GET
+        && ![
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ]
+        .iter()
+        .any(|h| req.headers().contains_key(h))
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {

@@ -26,6 +26,7 @@
 //! to enroll, which is visible.
 
 pub mod artifacts;
+mod file_body;
 pub mod http_boot;
 pub mod render;
 

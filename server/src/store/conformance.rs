@@ -32,6 +32,7 @@ where
     heartbeats_and_inventory(make().await).await;
     leases_offer_bind_release_decline(make().await).await;
     concurrent_offers_never_share_an_address(make().await).await;
+    offers_take_the_lowest_never_used_address(make().await).await;
     boot_routing_by_uuid_and_mac(make().await).await;
     machine_bound_tokens_enroll_only_their_machine(make().await).await;
     boot_requests_last_until_the_next_enrollment(make().await).await;
@@ -657,6 +658,45 @@ pub async fn concurrent_offers_never_share_an_address(store: Arc<dyn Store>) {
     for l in bound {
         assert_eq!(seen.get(&l.ip), Some(&l.mac), "stored holder matches");
     }
+}
+
+/// Offers walk the range from the bottom, around addresses already taken (a requested one
+/// further up) and excluded ones (others' reservations), until it is exhausted.
+pub async fn offers_take_the_lowest_never_used_address(store: Arc<dyn Store>) {
+    use std::net::Ipv4Addr;
+    let ip = |n: u8| Ipv4Addr::new(10, 9, 1, n);
+    let offer = |n: u32, requested: Option<Ipv4Addr>| LeaseOp::Offer {
+        subnet: "10.9.1.0/24".into(),
+        mac: format!("02:00:00:01:00:{n:02x}"),
+        range: (ip(1), ip(12)),
+        fixed: None,
+        requested,
+        exclude: vec![ip(5)],
+        hold_until: now() + Duration::seconds(60),
+        hostname: None,
+    };
+    assert_eq!(
+        one_lease_op(&store, offer(0, Some(ip(3)))).await,
+        LeaseOutcome::Leased(ip(3)),
+        "the requested address"
+    );
+    let mut got = Vec::new();
+    for n in 1..=10 {
+        match one_lease_op(&store, offer(n, None)).await {
+            LeaseOutcome::Leased(a) => got.push(a),
+            other => panic!("client {n}: {other:?}"),
+        }
+    }
+    let want: Vec<Ipv4Addr> = [1, 2, 4, 6, 7, 8, 9, 10, 11, 12]
+        .into_iter()
+        .map(ip)
+        .collect();
+    assert_eq!(got, want, "lowest first, skipping taken and excluded");
+    assert_eq!(
+        one_lease_op(&store, offer(11, None)).await,
+        LeaseOutcome::Exhausted,
+        "12 addresses, 1 excluded, 11 held"
+    );
 }
 
 // ---- Boot routing (`BootStore`, store/boot.rs) ----

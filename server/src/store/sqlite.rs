@@ -29,6 +29,8 @@ use crate::identity::{self, Candidate, Decision, Evidence, IdKind, Identifier};
 pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
+    /// The lease batches' own connection (see `sqlite_leases`).
+    pub(super) leases: std::sync::Arc<super::sqlite_leases::LeaseConn>,
 }
 
 pub(super) fn db(e: sqlx::Error) -> StoreError {
@@ -68,7 +70,12 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(db)?;
-        Ok(SqliteStore { writer, reader })
+        let leases = super::sqlite_leases::LeaseConn::open(path)?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            leases,
+        })
     }
 
     pub(super) fn writer(&self) -> &SqlitePool {
