@@ -206,7 +206,7 @@ fn acks_in_log(log: &str) -> Vec<(String, Ipv4Addr)> {
     log.lines()
         .filter(|l| l.contains("DHCP reply sent"))
         .filter(|l| field(l, "kind").as_deref() == Some("ack"))
-        .filter_map(|l| Some((field(l, "chaddr")?, field(l, "yiaddr")?.parse().ok()?)))
+        .filter_map(|l| Some((field(l, "mac")?, field(l, "yiaddr")?.parse().ok()?)))
         .collect()
 }
 
