@@ -378,3 +378,74 @@ async fn raw_get_status(server: &TestServer, path: &str) -> u16 {
     conn.read_exact(&mut head).await.unwrap();
     String::from_utf8_lossy(&head[9..12]).parse().unwrap()
 }
+
+/// Whole-file artifact GETs take the `sendfile` path; on one kept-alive connection, pipelined,
+/// they can be followed by anything else (handed to the router with the bytes already read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_artifact_gets_then_a_script_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let kernel = kernel_bytes();
+    put_discovery(&server, &kernel);
+    let body = machine_script(&server, "52:54:00:dd:00:09", "", "pcbios").await;
+    let url = kernel_line(&body)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let path = url.trim_start_matches(&server.http_url).to_string();
+    let addr = server.http_url.trim_start_matches("http://").to_string();
+
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let get = |p: &str, last: bool| {
+        format!(
+            "GET {p} HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
+            if last { "Connection: close\r\n" } else { "" }
+        )
+    };
+    let pipelined = [
+        get(&path, false),
+        get(&path, false),
+        get("/boot.ipxe", true),
+    ]
+    .concat();
+    conn.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut all),
+    )
+    .await
+    .expect("connection closed after the last response")
+    .unwrap();
+
+    let mut rest = all.as_slice();
+    for i in 0..3 {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("response {i} has no head"))
+            + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "response {i}: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .unwrap_or_else(|| panic!("response {i} without content-length: {head}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let body = &rest[end..end + len];
+        if i < 2 {
+            assert!(
+                body == kernel.as_slice(),
+                "response {i}: the kernel, byte-exact"
+            );
+            assert!(head.contains("cache-control: public, max-age=31536000, immutable"));
+        } else {
+            assert!(body.starts_with(b"#!ipxe"), "response 2: the entry script");
+        }
+        rest = &rest[end + len..];
+    }
+    assert!(rest.is_empty(), "nothing after the third response");
+}

@@ -75,7 +75,7 @@ impl Artifacts {
     }
 
     /// The file behind `sha256` named `name`, if it still has that content.
-    async fn resolve(&self, sha256: &str, name: &str) -> Option<PathBuf> {
+    pub(super) async fn resolve(&self, sha256: &str, name: &str) -> Option<PathBuf> {
         let path = self
             .by_hash
             .lock()

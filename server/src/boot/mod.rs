@@ -28,7 +28,9 @@
 pub mod artifacts;
 mod file_body;
 pub mod http_boot;
+mod listener;
 pub mod render;
+mod sendfile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,11 +91,18 @@ impl Connected<IncomingStream<'_, TcpListener>> for ConnAddrs {
 
 /// The plain-HTTP routes.
 pub fn router(app: Arc<App>) -> Router {
-    let boot = Arc::new(Boot {
+    routes(boot_state(app))
+}
+
+fn boot_state(app: Arc<App>) -> Arc<Boot> {
+    Arc::new(Boot {
         app,
         templates: Templates::new(),
         artifacts: Artifacts::default(),
-    });
+    })
+}
+
+fn routes(boot: Arc<Boot>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(entry))
         .route("/boot/machine.ipxe", get(machine_script))
@@ -103,19 +112,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(boot)
 }
 
-/// Serve the boot router on `listener` until `shutdown` is cancelled, then drain.
+/// Serve the boot router on `listener` until `shutdown` is cancelled, then drain. Plain
+/// artifact GETs take the `sendfile` fast path (see `listener`).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let service = router(app).into_make_service_with_connect_info::<ConnAddrs>();
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "boot HTTP listener failed");
-    }
+    let boot = boot_state(app);
+    let router = routes(boot.clone());
+    listener::run(listener, boot, router, shutdown).await;
 }
 
 /// How the client reached us: `host[:port]` for URLs on this listener, and the bare host for
