@@ -11,12 +11,20 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Packet::Rrq(r) | Packet::Wrq(r)) = packet::parse(data) {
-        let _ = negotiate(&r.options, Some(data.len() as u64), 1468, Duration::from_secs(1));
+        let _ = negotiate(
+            &r.options,
+            Some(data.len() as u64),
+            1468,
+            Duration::from_secs(1),
+        );
     }
     let (first, rest) = data.split_first().unwrap_or((&1, &[]));
     let window = (*first % 20).max(1).to_string();
     let n = negotiate(
-        &[("windowsize".into(), window), ("blksize".into(), "8".into())],
+        &[
+            ("windowsize".into(), window),
+            ("blksize".into(), "8".into()),
+        ],
         Some(100),
         1468,
         Duration::from_secs(1),

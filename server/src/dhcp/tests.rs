@@ -461,6 +461,52 @@ fn configuration_mistakes_are_errors() {
     assert!(!DhcpConfig::resolve(None, &[]).unwrap().enabled());
 }
 
+/// Regression (fuzzing, `fuzz/fuzz_targets/dhcp_packet.rs`): options the decoder asserts on or
+/// underflows with at a wrong length are refused by the pre-check, never reach the decoder.
+#[test]
+fn wrong_length_options_the_decoder_trips_on_are_refused() {
+    use super::pipeline::parse;
+    let base = request(MessageType::Discover, MAC).to_vec().unwrap();
+    // (code, a length the decoder cannot take), then a valid length that must still parse.
+    for (code, bad, good) in [
+        (152u8, 0u8, 4u8),
+        (153, 2, 4),
+        (154, 5, 4),
+        (155, 0, 4),
+        (151, 0, 1),
+        (81, 2, 3),
+    ] {
+        for (len, ok) in [(bad, false), (good, true)] {
+            let mut p = base.clone();
+            let end = p.iter().rposition(|&b| b == 255).unwrap();
+            p.truncate(end);
+            p.push(code);
+            p.push(len);
+            p.extend(std::iter::repeat_n(0, len.into()));
+            p.push(255);
+            let got = parse(&p);
+            if ok {
+                assert!(
+                    !matches!(got, Err("bad_option_length" | "decoder_panic")),
+                    "option {code} len {len}: {got:?}"
+                );
+            } else {
+                assert_eq!(
+                    got.err(),
+                    Some("bad_option_length"),
+                    "option {code} len {len}"
+                );
+            }
+        }
+    }
+    // The packet the fuzzer found: option 153 with length 0.
+    let mut p = base;
+    let end = p.iter().rposition(|&b| b == 255).unwrap();
+    p.truncate(end);
+    p.extend([153, 0, 54, 4, 10, 0, 0, 2, 255]);
+    assert_eq!(parse(&p).err(), Some("bad_option_length"));
+}
+
 /// Mutated packets: decode + handling (full and proxy mode) never panic, and malformed ones
 /// are dropped with a reason.
 #[tokio::test]
