@@ -8,56 +8,14 @@
 //! answer at all on the unconfigured interface; PXE BIOS clients get `undionly.kpxe` from us,
 //! iPXE clients the HTTP URL of their script. Needs root (namespaces); prints why when skipped.
 
+mod common;
+use common::{must, run, Netns, Proc};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anneal_server::store::{LeaseState, LeaseStore, SqliteStore};
-
-fn run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn must(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespaces (and with them the veths) however the test ends.
-struct Netns {
-    server: String,
-    client: String,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.server]);
-        let _ = run(&["ip", "netns", "del", &self.client]);
-    }
-}
-
-/// Kills a child (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {

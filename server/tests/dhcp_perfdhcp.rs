@@ -15,10 +15,13 @@
 //! instead when `ANNEAL_REQUIRE_SYSTEM_TESTS=1`. No timed assertions: the drop time is generous
 //! (a loaded 2-core machine must not turn slowness into failures).
 
+mod common;
+use common::{must, run, Netns, Proc};
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anneal_server::store::{LeaseState, LeaseStore, SqliteStore};
@@ -28,51 +31,6 @@ const CLIENTS: u32 = 400;
 /// Exchanges per second (`-r`) and seconds (`-p`): 600 DORA exchanges.
 const RATE: u32 = 120;
 const SECONDS: u32 = 5;
-
-fn run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn must(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespaces (and with them the veth pair) however the test ends.
-struct Netns {
-    server: String,
-    client: String,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.server]);
-        let _ = run(&["ip", "netns", "del", &self.client]);
-    }
-}
-
-/// Kills a child we started (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// perfdhcp's path: on PATH, or in /usr/sbin (where Debian puts it; not on every user's PATH).
 fn perfdhcp() -> Option<PathBuf> {

@@ -17,10 +17,13 @@
 //! Namespaces and processes are removed by drop guards however the test ends; processes are
 //! killed by the PID we started.
 
+mod common;
+use common::{must, run, Netns, Proc};
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
@@ -29,51 +32,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
 const CLIENT_MAC: &str = "02:00:00:79:00:02";
-
-fn run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn must(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespaces (and with them the veths) however the test ends.
-struct Netns {
-    server: String,
-    client: String,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.server]);
-        let _ = run(&["ip", "netns", "del", &self.client]);
-    }
-}
-
-/// Kills a child we started (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// dnsmasq lives in /usr/sbin, which a non-login PATH may lack.
 fn dnsmasq_bin() -> String {

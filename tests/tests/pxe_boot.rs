@@ -14,23 +14,9 @@
 
 use anneal_server::store::LeaseState;
 use anneal_shared::protocol::{IdentityHints, Nic};
-use anneal_tests::rack::system::{self, Need};
+use anneal_tests::rack::system::{rack_test, Need};
 use anneal_tests::rack::{disk, wait, Anneal, Machine, MachineSpec, Rack, Smbios};
 use anyhow::{ensure, Context, Result};
-
-/// Run a rack test: skip (or fail under CI) when the machine lacks something, else run `body`
-/// and turn its error (which carries console and log tails) into a panic.
-fn rack_test(name: &str, extra: &[Need], body: impl FnOnce() -> Result<()>) {
-    let needs: Vec<Need> = system::PXE.iter().chain(extra).copied().collect();
-    if !system::ready(name, &needs) {
-        return;
-    }
-    let started = std::time::Instant::now();
-    if let Err(e) = body() {
-        panic!("{name} failed:\n{e:#}");
-    }
-    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
-}
 
 /// An SMBIOS identity for test machine `n`, and the same as identity evidence an agent sends.
 fn identity(n: u32, mac: &str) -> (Smbios, IdentityHints) {

@@ -15,25 +15,9 @@
 //! Needs root, QEMU, OVMF, iPXE and dnsmasq: skipped with the reason otherwise, failed instead
 //! under `ANNEAL_REQUIRE_SYSTEM_TESTS=1`. At most two machines run at once (the rack's slots).
 
-use anneal_tests::rack::system::{self, Need};
+use anneal_tests::rack::system::{rack_test, Need};
 use anneal_tests::rack::{wait, Anneal, Dnsmasq, Machine, MachineSpec, Rack, BRIDGE};
 use anyhow::{ensure, Context, Result};
-
-fn rack_test(name: &str, body: impl FnOnce() -> Result<()>) {
-    let needs: Vec<Need> = system::PXE
-        .iter()
-        .chain(&[Need::Dnsmasq])
-        .copied()
-        .collect();
-    if !system::ready(name, &needs) {
-        return;
-    }
-    let started = std::time::Instant::now();
-    if let Err(e) = body() {
-        panic!("{name} failed:\n{e:#}");
-    }
-    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
-}
 
 /// The rack with dnsmasq handing out .50–.90 (addresses only: no boot options) and Anneal in
 /// proxy mode on the same bridge and host.
@@ -94,61 +78,69 @@ fn anneal_gave_no_address(server: &Anneal) -> Result<()> {
 
 #[test]
 fn bios_machine_boots_beside_dnsmasq() {
-    rack_test("bios_machine_boots_beside_dnsmasq", || {
-        let rack = Rack::new()?;
-        let (dnsmasq, server) = proxy_rack(&rack)?;
-        let mac = "52:54:00:e0:00:01";
-        let vm = Machine::start(&rack, MachineSpec::bios(mac))?;
-        let served = server
-            .wait_script_for(mac, wait::BOOT)
-            .with_context(|| format!("{}\ndnsmasq:\n{}", vm.tails(), dnsmasq.log_text()))?;
-        ensure!(
-            served.platform == "pcbios" && served.env == "discovery",
-            "unexpected script: {}\n{}",
-            served.line,
-            vm.tails()
-        );
-        let ip = dnsmasq_lease(&rack, &dnsmasq, mac)?;
-        anneal_gave_no_address(&server)?;
-        eprintln!("bios proxy: lease {ip} from dnsmasq, {}", served.line);
-        vm.quit()?;
-        Ok(())
-    });
+    rack_test(
+        "bios_machine_boots_beside_dnsmasq",
+        &[Need::Dnsmasq],
+        || {
+            let rack = Rack::new()?;
+            let (dnsmasq, server) = proxy_rack(&rack)?;
+            let mac = "52:54:00:e0:00:01";
+            let vm = Machine::start(&rack, MachineSpec::bios(mac))?;
+            let served = server
+                .wait_script_for(mac, wait::BOOT)
+                .with_context(|| format!("{}\ndnsmasq:\n{}", vm.tails(), dnsmasq.log_text()))?;
+            ensure!(
+                served.platform == "pcbios" && served.env == "discovery",
+                "unexpected script: {}\n{}",
+                served.line,
+                vm.tails()
+            );
+            let ip = dnsmasq_lease(&rack, &dnsmasq, mac)?;
+            anneal_gave_no_address(&server)?;
+            eprintln!("bios proxy: lease {ip} from dnsmasq, {}", served.line);
+            vm.quit()?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
 fn uefi_firmware_pxe_boots_beside_dnsmasq() {
-    rack_test("uefi_firmware_pxe_boots_beside_dnsmasq", || {
-        let rack = Rack::new()?;
-        let (dnsmasq, server) = proxy_rack(&rack)?;
-        let mac = "52:54:00:f0:00:01";
-        let vm = Machine::start(&rack, MachineSpec::uefi(mac))?;
-        let served = server
-            .wait_script_for(mac, wait::BOOT)
-            .with_context(|| format!("{}\ndnsmasq:\n{}", vm.tails(), dnsmasq.log_text()))?;
-        ensure!(
-            served.platform == "efi" && served.env == "discovery",
-            "unexpected script: {}\n{}",
-            served.line,
-            vm.tails()
-        );
-        let ip = dnsmasq_lease(&rack, &dnsmasq, mac)?;
-        // OVMF took iPXE from Anneal's TFTP server, from the address dnsmasq gave it.
-        let tftp = server.wait_log(
-            "the TFTP transfer of snponly.efi",
-            |l| l.contains("TFTP: transfer complete") && l.contains("snponly.efi"),
-            wait::START,
-        )?;
-        ensure!(
-            tftp.contains(&format!("client={ip}:")),
-            "TFTP transfer from another address than dnsmasq's lease {ip}: {tftp}"
-        );
-        anneal_gave_no_address(&server)?;
-        eprintln!(
-            "uefi proxy: lease {ip} from dnsmasq, {tftp}\n{}",
-            served.line
-        );
-        vm.quit()?;
-        Ok(())
-    });
+    rack_test(
+        "uefi_firmware_pxe_boots_beside_dnsmasq",
+        &[Need::Dnsmasq],
+        || {
+            let rack = Rack::new()?;
+            let (dnsmasq, server) = proxy_rack(&rack)?;
+            let mac = "52:54:00:f0:00:01";
+            let vm = Machine::start(&rack, MachineSpec::uefi(mac))?;
+            let served = server
+                .wait_script_for(mac, wait::BOOT)
+                .with_context(|| format!("{}\ndnsmasq:\n{}", vm.tails(), dnsmasq.log_text()))?;
+            ensure!(
+                served.platform == "efi" && served.env == "discovery",
+                "unexpected script: {}\n{}",
+                served.line,
+                vm.tails()
+            );
+            let ip = dnsmasq_lease(&rack, &dnsmasq, mac)?;
+            // OVMF took iPXE from Anneal's TFTP server, from the address dnsmasq gave it.
+            let tftp = server.wait_log(
+                "the TFTP transfer of snponly.efi",
+                |l| l.contains("TFTP: transfer complete") && l.contains("snponly.efi"),
+                wait::START,
+            )?;
+            ensure!(
+                tftp.contains(&format!("client={ip}:")),
+                "TFTP transfer from another address than dnsmasq's lease {ip}: {tftp}"
+            );
+            anneal_gave_no_address(&server)?;
+            eprintln!(
+                "uefi proxy: lease {ip} from dnsmasq, {tftp}\n{}",
+                served.line
+            );
+            vm.quit()?;
+            Ok(())
+        },
+    );
 }

@@ -109,3 +109,18 @@ pub fn ready(test: &str, needs: &[Need]) -> bool {
     eprintln!("{test} skipped: needs {why} (set {REQUIRE_ENV}=1 to fail instead)");
     false
 }
+
+/// Run a rack test: skip (or fail under `ANNEAL_REQUIRE_SYSTEM_TESTS=1`) when the machine lacks
+/// one of [`PXE`] or `extra`, else run `body` and turn its error (which carries the console and
+/// log tails) into a panic; prints the wall time when it passes.
+pub fn rack_test(name: &str, extra: &[Need], body: impl FnOnce() -> anyhow::Result<()>) {
+    let needs: Vec<Need> = PXE.iter().chain(extra).copied().collect();
+    if !ready(name, &needs) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    if let Err(e) = body() {
+        panic!("{name} failed:\n{e:#}");
+    }
+    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
+}
