@@ -82,6 +82,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, &'static str> {
         return Err("bad_magic");
     }
     // Walk the options first: the decoder asserts on some lengths in debug builds.
+    let mut totals = [0usize; 256];
     let mut i = 240;
     while i < raw.len() {
         let code = raw[i];
@@ -99,19 +100,11 @@ pub fn parse(raw: &[u8]) -> Result<Message, &'static str> {
         if i + 2 + len > raw.len() {
             return Err("truncated_option");
         }
-        let ok = match code {
-            80 => len == 0,
-            94 => len == 3,
-            53 | 52 => len == 1,
-            50 | 54 | 51 | 58 | 59 | 152..=155 => len == 4,
-            57 | 93 => len >= 2,
-            // Found by fuzzing (fuzz/fuzz_targets/dhcp_packet.rs): bulk leasequery status
-            // (len - 1) and client FQDN (len - 3) underflow on shorter options.
-            151 => len >= 1,
-            81 => len >= 3,
-            _ => true,
-        };
-        if !ok {
+        // The decoder joins repeated options (RFC 3396), so the joined length is what it sees
+        // (found by fuzzing): check each instance and the running total.
+        let joined = &mut totals[usize::from(code)];
+        *joined += len;
+        if !option_length_ok(code, len) || !option_length_ok(code, *joined) {
             return Err("bad_option_length");
         }
         i += 2 + len;
@@ -129,6 +122,23 @@ pub fn parse(raw: &[u8]) -> Result<Message, &'static str> {
         return Err("no_message_type");
     }
     Ok(msg)
+}
+
+/// Whether the decoder can take option `code` with `len` bytes without asserting or
+/// underflowing.
+fn option_length_ok(code: u8, len: usize) -> bool {
+    match code {
+        80 => len == 0,
+        94 => len == 3,
+        53 | 52 => len == 1,
+        50 | 54 | 51 | 58 | 59 | 152..=155 => len == 4,
+        57 | 93 => len >= 2,
+        // Found by fuzzing (fuzz/fuzz_targets/dhcp_packet.rs): bulk leasequery status
+        // (len - 1) and client FQDN (len - 3) underflow on shorter options.
+        151 => len >= 1,
+        81 => len >= 3,
+        _ => true,
+    }
 }
 
 /// What the pipeline reads from a request (full and proxy mode).

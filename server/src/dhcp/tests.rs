@@ -505,6 +505,15 @@ fn wrong_length_options_the_decoder_trips_on_are_refused() {
     p.truncate(end);
     p.extend([153, 0, 54, 4, 10, 0, 0, 2, 255]);
     assert_eq!(parse(&p).err(), Some("bad_option_length"));
+    // Second find: two 4-byte options 155, which the decoder joins into one of 8.
+    let mut p = request(MessageType::Discover, MAC).to_vec().unwrap();
+    let end = p.iter().rposition(|&b| b == 255).unwrap();
+    p.truncate(end);
+    p.extend([155, 4, 0, 0, 0, 1, 155, 4, 0, 0, 0, 2, 255]);
+    assert_eq!(parse(&p).err(), Some("bad_option_length"));
+    // The fuzzer's input itself (its first byte picks the interface; the rest is the packet).
+    let crash = include_bytes!("testdata/fuzz-crash-joined-option.bin");
+    assert!(!matches!(parse(&crash[1..]), Err("decoder_panic")));
 }
 
 /// Mutated packets: decode + handling (full and proxy mode) never panic, and malformed ones
