@@ -1,8 +1,9 @@
 //! The DHCP request path on arbitrary bytes: `pipeline::parse` and `pipeline::handle` (decode,
 //! subnet choice, the lease decision against a fake store, options, boot file, destination),
-//! then encoding the reply. The first byte picks the arrival interface and whether the fake
-//! store already holds addresses for other clients (so NAK and "in use" paths are reachable);
-//! the rest is the packet.
+//! or proxy mode's `proxy::handle` on port 67 or 4011, then encoding the reply. The first byte
+//! picks the mode, the arrival interface, the proxy listener and whether the fake store already
+//! holds addresses for other clients (so NAK and "in use" paths are reachable); the rest is the
+//! packet.
 #![no_main]
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use anneal_server::dhcp::config::{DhcpConfig, DhcpFile};
 use anneal_server::dhcp::pipeline::{self, Ctx, Leases, Outcome};
+use anneal_server::dhcp::proxy::{self, Listener, ProxyCtx};
 use anneal_server::store::{LeaseOp, LeaseOutcome};
 use async_trait::async_trait;
 use dhcproto::Encodable;
@@ -71,7 +73,8 @@ impl Leases for FakeLeases {
     }
 }
 
-/// A fixed configuration: a local subnet with a reservation, and a relayed one.
+/// A fixed configuration: a local subnet with a reservation, a relayed one, and proxy scopes
+/// (one with allow-lists and boot file overrides).
 fn config() -> &'static DhcpConfig {
     static CFG: OnceLock<DhcpConfig> = OnceLock::new();
     CFG.get_or_init(|| {
@@ -93,6 +96,22 @@ fn config() -> &'static DhcpConfig {
             range = ["10.5.0.10", "10.5.0.20"]
             router = "10.5.0.1"
             next_server = "10.0.0.2"
+
+            [[proxy]]
+            interface = "eth2"
+            subnet = "10.7.0.0/24"
+            uefi_file = "ipxe.efi"
+
+            [[proxy]]
+            interface = "eth2"
+            subnet = "10.8.0.0/24"
+            macs = ["52:54:00:00:00:42"]
+            vendor_classes = ["PXEClient:Arch:00007"]
+            next_server = "10.8.0.2"
+
+            [[hosts]]
+            mac = "52:54:00:00:00:43"
+            boot_file = "custom.efi"
             "#,
         )
         .expect("fuzz config parses");
@@ -119,6 +138,26 @@ fuzz_target!(|data: &[u8]| {
         }
         m.insert(Ipv4Addr::new(10, 5, 0, 10), "02:00:00:00:00:08".into());
     }
+    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    let _ = pipeline::parse(packet);
+    if first & 4 != 0 {
+        let addrs = [Ipv4Addr::new(10, 7, 0, 2), Ipv4Addr::new(10, 8, 0, 2)];
+        let ctx = ProxyCtx {
+            cfg: config(),
+            iface: if first & 1 == 0 { "eth2" } else { "eth1" },
+            iface_addrs: &addrs,
+            listener: if first & 8 == 0 {
+                Listener::Dhcp
+            } else {
+                Listener::BootServer
+            },
+            from: "10.7.0.50:68".parse().expect("literal address"),
+        };
+        if let Outcome::Respond(r) = proxy::handle(packet, &ctx) {
+            let _ = r.msg.to_vec();
+        }
+        return;
+    }
     let iface = if first & 1 == 0 { "eth1" } else { "eth9" };
     let addrs = [Ipv4Addr::new(10, 0, 0, 2)];
     let ctx = Ctx {
@@ -126,8 +165,6 @@ fuzz_target!(|data: &[u8]| {
         iface,
         iface_addrs: &addrs,
     };
-    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    let _ = pipeline::parse(packet);
     if let Outcome::Respond(r) = ready(pipeline::handle(packet, &ctx, &leases, now)) {
         let _ = r.msg.to_vec();
     }
