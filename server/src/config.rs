@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// [default: DATA_DIR/images/discovery].
     #[arg(long, env = "ANNEAL_DISCOVERY_DIR")]
     pub discovery_dir: Option<PathBuf>,
+    /// Extra kernel arguments for the discovery image, before Anneal's own
+    /// [default: "console=tty0 console=ttyS0,115200n8" — screen and first serial port, the
+    /// serial port last so that it is /dev/console and serial-over-LAN shows the status line].
+    #[arg(long, env = "ANNEAL_DISCOVERY_ARGS")]
+    pub discovery_args: Option<String>,
     /// TFTP listener, e.g. 0.0.0.0:69 [default: off — nothing listens unless this is set].
     #[arg(long, env = "ANNEAL_TFTP_LISTEN")]
     pub tftp_listen: Option<SocketAddr>,
@@ -80,6 +85,7 @@ struct FileConfig {
     dhcp: Option<crate::dhcp::DhcpFile>,
     http_listen: Option<SocketAddr>,
     discovery_dir: Option<PathBuf>,
+    discovery_args: Option<String>,
     tftp_listen: Option<SocketAddr>,
     tftp_root: Option<PathBuf>,
     ipxe_dir: Option<PathBuf>,
@@ -110,6 +116,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// The discovery image's kernel and initrd.
     pub discovery_dir: PathBuf,
+    /// Extra kernel arguments for the discovery image.
+    pub discovery_args: String,
     /// TFTP listener; `None` means TFTP is off.
     pub tftp_listen: Option<SocketAddr>,
     /// TFTP root directory.
@@ -179,6 +187,12 @@ impl Config {
                 .clone()
                 .or(file.discovery_dir)
                 .unwrap_or_else(|| data_dir.join("images").join("discovery")),
+            discovery_args: kernel_args(
+                args.discovery_args
+                    .clone()
+                    .or(file.discovery_args)
+                    .unwrap_or_else(|| DEFAULT_DISCOVERY_ARGS.to_string()),
+            )?,
             tftp_listen: args.tftp_listen.or(file.tftp_listen),
             tftp_root: args
                 .tftp_root
@@ -193,6 +207,26 @@ impl Config {
             data_dir,
         })
     }
+}
+
+/// Kernel arguments the discovery image gets unless configured otherwise.
+pub const DEFAULT_DISCOVERY_ARGS: &str = "console=tty0 console=ttyS0,115200n8";
+
+/// Kernel arguments go into an iPXE script line: one line of printable text, and none of the
+/// keys Anneal sets itself.
+fn kernel_args(args: String) -> Result<String> {
+    if let Some(c) = args.chars().find(|c| c.is_control()) {
+        anyhow::bail!("discovery_args: control character {c:?} in {args:?}");
+    }
+    for word in args.split_whitespace() {
+        let key = word.split('=').next().unwrap_or(word);
+        if key.starts_with("anneal.") || key == "BOOTIF" || key == "initrd" {
+            anyhow::bail!(
+                "discovery_args: {key} is set by Anneal itself; remove it from {args:?}"
+            );
+        }
+    }
+    Ok(args.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -279,6 +313,30 @@ mod tests {
         std::fs::write(&path, "requre_approval = true\n").unwrap();
         let err = format!("{:#}", Config::resolve(&args).unwrap_err());
         assert!(err.contains("requre_approval"), "{err}");
+    }
+
+    #[test]
+    fn discovery_args_default_and_checks() {
+        let c = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.discovery_args, DEFAULT_DISCOVERY_ARGS);
+        let with = |a: &str| {
+            Config::resolve(&ServeArgs {
+                discovery_args: Some(a.into()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            with("  quiet   console=ttyS1,57600 ").unwrap().discovery_args,
+            "quiet console=ttyS1,57600"
+        );
+        for (bad, says) in [
+            ("quiet\nchain http://x/", "control character"),
+            ("anneal.url=https://evil", "anneal.url is set by Anneal"),
+            ("BOOTIF=01-00-11-22-33-44-55", "BOOTIF is set by Anneal"),
+        ] {
+            let err = format!("{:#}", with(bad).unwrap_err());
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

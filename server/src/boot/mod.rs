@@ -380,6 +380,7 @@ async fn choose_and_render(
         kernel_url => format!("{base_url}/artifacts/{}/{KERNEL_NAME}", hashes.0),
         initrd_url => format!("{base_url}/artifacts/{}/{INITRD_NAME}", hashes.1),
         initrd_name => INITRD_NAME,
+        kernel_args => boot.app.config.discovery_args.clone(),
         anneal_url => format!("https://{host}:{}", boot.app.config.api_listen.port()),
         ca_fingerprint => boot.app.ca.fingerprint(),
         bootif => format!("01-{}", mac.replace(':', "-")),

@@ -34,7 +34,7 @@ const DISCOVERY: &str = r#"#!ipxe
 # Anneal: discovery image for {{ mac }} ({{ machine }}).
 :retry
 echo Anneal: booting the discovery image for {{ mac }}
-kernel {{ kernel_url }} initrd={{ initrd_name }} anneal.url={{ anneal_url }} anneal.ca={{ ca_fingerprint }} BOOTIF={{ bootif }} anneal.token={{ token }} || goto failed
+kernel {{ kernel_url }} initrd={{ initrd_name }} {{ kernel_args }} anneal.url={{ anneal_url }} anneal.ca={{ ca_fingerprint }} BOOTIF={{ bootif }} anneal.token={{ token }} || goto failed
 initrd {{ initrd_url }} || goto failed
 boot || goto failed
 :failed
@@ -178,6 +178,7 @@ mod tests {
                     kernel_url => "http://10.0.0.1:8080/artifacts/aa/vmlinuz",
                     initrd_url => "http://10.0.0.1:8080/artifacts/bb/initrd.img",
                     initrd_name => "initrd.img",
+                    kernel_args => "console=ttyS0",
                     anneal_url => "https://10.0.0.1:8443",
                     ca_fingerprint => "sha256:00ff",
                     bootif => "01-52-54-00-12-34-56",
@@ -189,7 +190,7 @@ mod tests {
             .unwrap();
         assert!(s.starts_with("#!ipxe\n"));
         for want in [
-            "kernel http://10.0.0.1:8080/artifacts/aa/vmlinuz initrd=initrd.img ",
+            "kernel http://10.0.0.1:8080/artifacts/aa/vmlinuz initrd=initrd.img console=ttyS0 ",
             "anneal.url=https://10.0.0.1:8443 ",
             "anneal.ca=sha256:00ff ",
             "BOOTIF=01-52-54-00-12-34-56 ",
