@@ -241,22 +241,46 @@ impl<'r> Anneal<'r> {
 
     /// `GET` an operator API path with the admin token; the JSON body.
     pub fn api_get(&self, path: &str) -> Result<serde_json::Value> {
+        self.api_call(reqwest::Method::GET, path, None)
+    }
+
+    /// `POST` a JSON body (or none) to an operator API path with the admin token; the JSON
+    /// answer (`null` for an empty one).
+    pub fn api_post(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.api_call(reqwest::Method::POST, path, body)
+    }
+
+    fn api_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let client = self.https()?;
         let url = format!("{}{path}", self.api_url);
         let token = self.admin_token.clone();
         self.rack.netns.block_on(|| async move {
-            let res = client
-                .get(&url)
-                .bearer_auth(token)
+            let mut req = client.request(method.clone(), &url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let res = req
                 .send()
                 .await
-                .with_context(|| format!("GET {url}"))?;
+                .with_context(|| format!("{method} {url}"))?;
             let status = res.status();
-            let body = res.text().await?;
+            let text = res.text().await?;
             if !status.is_success() {
-                bail!("GET {url}: {status}: {body}");
+                bail!("{method} {url}: {status}: {text}");
             }
-            serde_json::from_str(&body).with_context(|| format!("GET {url}: {body}"))
+            if text.trim().is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            serde_json::from_str(&text).with_context(|| format!("{method} {url}: {text}"))
         })?
     }
 

@@ -75,13 +75,26 @@ pub struct Smbios {
     pub chassis_serial: String,
 }
 
-/// A raw disk image attached as virtio-blk.
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk (PCI).
+    Virtio,
+    /// NVMe controller with one namespace.
+    Nvme,
+    /// SATA on an AHCI controller.
+    Sata,
+}
+
+/// A raw disk image; its size is the file's size.
 #[derive(Debug, Clone)]
 pub struct Disk {
     /// The image file (raw).
     pub path: PathBuf,
     /// The serial number the guest sees.
     pub serial: String,
+    /// How it is attached.
+    pub bus: DiskBus,
 }
 
 /// Everything about a machine before it starts.
@@ -103,6 +116,10 @@ pub struct MachineSpec {
     pub disks: Vec<Disk>,
     /// Memory in MiB.
     pub memory_mb: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Where the real-time clock starts (QEMU `-rtc base=`, e.g. `2001-01-01`); now if `None`.
+    pub rtc_base: Option<String>,
     /// Network before disks in the boot order (else disks first).
     pub network_first: bool,
     /// UEFI only: keep OVMF's IPv6 network stack (PXEv6 and HTTPv6 boot entries).
@@ -123,6 +140,8 @@ impl MachineSpec {
             smbios: None,
             disks: Vec::new(),
             memory_mb: 256,
+            cpus: 1,
+            rtc_base: None,
             network_first: true,
             uefi_ipv6: false,
             extra_args: Vec::new(),
@@ -147,11 +166,17 @@ impl MachineSpec {
         self
     }
 
-    /// With one more disk.
-    pub fn with_disk(mut self, path: &Path, serial: &str) -> MachineSpec {
+    /// With one more virtio disk.
+    pub fn with_disk(self, path: &Path, serial: &str) -> MachineSpec {
+        self.with_disk_on(DiskBus::Virtio, path, serial)
+    }
+
+    /// With one more disk on `bus`.
+    pub fn with_disk_on(mut self, bus: DiskBus, path: &Path, serial: &str) -> MachineSpec {
         self.disks.push(Disk {
             path: path.to_path_buf(),
             serial: serial.to_string(),
+            bus,
         });
         self
     }
@@ -165,7 +190,11 @@ impl MachineSpec {
             Firmware::Uefi => "q35,graphics=off",
         };
         push(&["-name", &self.name, "-accel", "tcg", "-machine", machine]);
-        push(&["-m", &self.memory_mb.to_string(), "-smp", "1"]);
+        push(&["-m", &self.memory_mb.to_string()]);
+        push(&["-smp", &self.cpus.to_string()]);
+        if let Some(base) = &self.rtc_base {
+            push(&["-rtc", &format!("base={base}")]);
+        }
         // No default devices, no display: the serial port is the console.
         push(&["-nodefaults", "-no-user-config", "-display", "none"]);
         push(&["-serial", &format!("file:{}", files.serial.display())]);
@@ -215,6 +244,9 @@ impl MachineSpec {
                 self.mac
             ),
         ]);
+        if self.disks.iter().any(|d| d.bus == DiskBus::Sata) {
+            push(&["-device", "ahci,id=ahci"]);
+        }
         for (i, d) in self.disks.iter().enumerate() {
             push(&[
                 "-drive",
@@ -222,13 +254,26 @@ impl MachineSpec {
                     "if=none,id=disk{i},format=raw,file={}",
                     qemu_escape(&d.path.display().to_string())
                 ),
-                "-device",
-                &format!(
-                    "virtio-blk-pci,drive=disk{i},serial={},bootindex={}",
-                    qemu_escape(&d.serial),
-                    disk_base + i
-                ),
             ]);
+            let serial = qemu_escape(&d.serial);
+            let boot = disk_base + i;
+            let device = match d.bus {
+                DiskBus::Virtio => {
+                    format!("virtio-blk-pci,drive=disk{i},serial={serial},bootindex={boot}")
+                }
+                DiskBus::Nvme => {
+                    format!("nvme,drive=disk{i},serial={serial},bootindex={boot}")
+                }
+                // One port per SATA disk: ahci.0, ahci.1, …
+                DiskBus::Sata => {
+                    let port = self.disks[..i]
+                        .iter()
+                        .filter(|d| d.bus == DiskBus::Sata)
+                        .count();
+                    format!("ide-hd,drive=disk{i},bus=ahci.{port},serial={serial},bootindex={boot}")
+                }
+            };
+            push(&["-device", &device]);
         }
         if let Some(s) = &self.smbios {
             push(&[

@@ -18,6 +18,7 @@
 //! - [`machine`]: a QEMU machine (firmware, NIC, MAC, SMBIOS identity, disks, serial log);
 //!   [`qmp`] for its power control; [`slots`] caps how many run at once.
 //! - [`disk`]: bootable disk images that print a marker on the serial console.
+//! - [`image`]: where the discovery image (`scripts/build-image`) is.
 //! - [`wait`]: polling with deadlines, log tails for failure messages.
 //!
 //! Everything is torn down by `Drop` (also when a test panics): machines first, then servers,
@@ -37,6 +38,7 @@ pub mod anneal;
 pub mod binaries;
 pub mod disk;
 pub mod dnsmasq;
+pub mod image;
 pub mod machine;
 pub mod netns;
 pub mod qmp;
@@ -50,7 +52,7 @@ use anyhow::Result;
 
 pub use anneal::Anneal;
 pub use dnsmasq::Dnsmasq;
-pub use machine::{Firmware, Machine, MachineSpec, NicModel, Smbios};
+pub use machine::{DiskBus, Firmware, Machine, MachineSpec, NicModel, Smbios};
 pub use netns::Netns;
 
 /// The rack's bridge inside its namespace.

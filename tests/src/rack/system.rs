@@ -35,6 +35,8 @@ pub enum Need {
     GrubEfi,
     /// `dnsmasq` (`dnsmasq-base`).
     Dnsmasq,
+    /// The discovery image (`scripts/build-image`; see [`super::image`]).
+    DiscoveryImage,
 }
 
 /// What every PXE test needs.
@@ -75,6 +77,7 @@ impl Need {
                     && Path::new("/usr/lib/grub/x86_64-efi/normal.mod").exists()
             }
             Need::Dnsmasq => runs("dnsmasq", &["--version"]),
+            Need::DiscoveryImage => super::image::is_built(),
         };
         if ok {
             return None;
@@ -91,6 +94,9 @@ impl Need {
                 "grub-mkstandalone for x86_64-efi (apt-get install grub-efi-amd64-bin)"
             }
             Need::Dnsmasq => "dnsmasq (apt-get install dnsmasq-base)",
+            Need::DiscoveryImage => {
+                "the discovery image (run scripts/build-image, or set ANNEAL_DISCOVERY_IMAGE to its directory)"
+            }
         })
     }
 }
