@@ -221,9 +221,7 @@ fn kernel_args(args: String) -> Result<String> {
     for word in args.split_whitespace() {
         let key = word.split('=').next().unwrap_or(word);
         if key.starts_with("anneal.") || key == "BOOTIF" || key == "initrd" {
-            anyhow::bail!(
-                "discovery_args: {key} is set by Anneal itself; remove it from {args:?}"
-            );
+            anyhow::bail!("discovery_args: {key} is set by Anneal itself; remove it from {args:?}");
         }
     }
     Ok(args.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -326,7 +324,9 @@ mod tests {
             })
         };
         assert_eq!(
-            with("  quiet   console=ttyS1,57600 ").unwrap().discovery_args,
+            with("  quiet   console=ttyS1,57600 ")
+                .unwrap()
+                .discovery_args,
             "quiet console=ttyS1,57600"
         );
         for (bad, says) in [

@@ -26,8 +26,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (DHCP when configured; TFTP/HTTP boot services come in later releases).
-    Serve(ServeArgs),
+    /// Run the server: operator and agent APIs, plus DHCP, TFTP and iPXE over HTTP when
+    /// configured.
+    Serve(Box<ServeArgs>),
     /// List, inspect, approve and revoke machines.
     Machines {
         #[command(flatten)]
