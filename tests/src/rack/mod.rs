@@ -19,6 +19,7 @@
 //!   [`qmp`] for its power control; [`slots`] caps how many run at once.
 //! - [`disk`]: bootable disk images that print a marker on the serial console.
 //! - [`image`]: where the discovery image (`scripts/build-image`) is.
+//! - [`forward`]: a loopback port on the host that leads to a server in the rack (the demo).
 //! - [`wait`]: polling with deadlines, log tails for failure messages.
 //!
 //! Everything is torn down by `Drop` (also when a test panics): machines first, then servers,
@@ -38,6 +39,7 @@ pub mod anneal;
 pub mod binaries;
 pub mod disk;
 pub mod dnsmasq;
+pub mod forward;
 pub mod image;
 pub mod machine;
 pub mod netns;
