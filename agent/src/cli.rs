@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::clock::Clock;
 use crate::inventory::{self, CollectOptions};
-use crate::runner::{self, RunConfig};
+use crate::runner::{self, RunConfig, RunOptions};
 
 /// anneal-agent: inventories this machine and does its work, reporting to an Anneal server
 /// over mutual TLS.
@@ -82,9 +82,23 @@ struct RunArgs {
     /// The server CA's fingerprint, `sha256:HEX`.
     #[arg(long, env = "ANNEAL_CA_FINGERPRINT")]
     ca_fingerprint: Option<String>,
-    /// Bootstrap token.
+    /// Bootstrap token (not needed when --state-dir holds an enrollment of this boot).
     #[arg(long, env = "ANNEAL_BOOTSTRAP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Keep the key, certificate, machine id and boot id here (created 0700, files 0600). A
+    /// restarted agent in the same boot resumes with them instead of enrolling again (the
+    /// token may be spent by then); another boot id, or a certificate the pinned CA or the
+    /// server refuses, means a fresh enrollment.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Once the server's time is known, set the system clock (CLOCK_REALTIME; needs root) if
+    /// it is off by more than 2 s. A failure is only a warning.
+    #[arg(long, conflicts_with = "fake_clock")]
+    set_clock: bool,
+    /// Keep one line describing what the agent is doing in this file (replaced atomically),
+    /// for the console.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
     /// Read the machine from this root instead of /.
     #[arg(long, default_value = "/")]
     sysroot: PathBuf,
@@ -151,47 +165,70 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(a) => {
-            let url = a
-                .server
-                .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
-                .context(
-                    "no server URL: give --server or anneal.url= on the kernel command line",
-                )?;
-            let ca_fingerprint = a
-                .ca_fingerprint
-                .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
-                .context("no CA fingerprint: give --ca-fingerprint or anneal.ca= on the kernel command line")?;
-            let token = a
-                .token
-                .or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN))
-                .context(
-                    "no bootstrap token: give --token or anneal.token= on the kernel command line",
-                )?;
-            let clock = match a.fake_clock {
-                Some(t) => {
-                    let t = time::OffsetDateTime::parse(
-                        &t,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .with_context(|| format!("--fake-clock {t:?} is not RFC 3339"))?;
-                    Clock::fake((t.unix_timestamp_nanos() / 1_000_000) as i64)
+            let status_file = a.status_file.clone();
+            let (cfg, opts, clock) = match run_config(a) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The console shows the status file: say why the agent is not running.
+                    if let Some(path) = status_file {
+                        let line = format!("anneal-agent: stopped: {e:#}\n");
+                        let _ = crate::state::write_atomic(&path, line.as_bytes(), 0o644);
+                    }
+                    return Err(e);
                 }
-                None => Clock::system(),
             };
-            runner::run(
-                RunConfig {
-                    url,
-                    ca_fingerprint,
-                    token,
-                    sysroot: a.sysroot,
-                    run_tools: !a.no_tools,
-                    lldp_listen: Duration::from_secs(a.lldp_secs),
-                    boot_id: a.boot_id,
-                    once: a.once,
-                },
-                clock,
-            )
-            .await
+            runner::run_with(cfg, opts, clock).await
         }
     }
+}
+
+/// `run`'s flags, with the kernel command line's `anneal.*` filling in what they leave out.
+fn run_config(a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock>)> {
+    let url = a
+        .server
+        .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
+        .context("no server URL: give --server or anneal.url= on the kernel command line")?;
+    let ca_fingerprint = a
+        .ca_fingerprint
+        .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
+        .context(
+            "no CA fingerprint: give --ca-fingerprint or anneal.ca= on the kernel command line",
+        )?;
+    let token = a.token.or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN));
+    // With a state directory the token may legitimately be absent (spent and gone); the runner
+    // says so if it turns out to be needed.
+    let token = match (token, &a.state_dir) {
+        (Some(t), _) => t,
+        (None, Some(_)) => String::new(),
+        (None, None) => anyhow::bail!(
+            "no bootstrap token: give --token or anneal.token= on the kernel command line"
+        ),
+    };
+    let clock = match a.fake_clock {
+        Some(t) => {
+            let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--fake-clock {t:?} is not RFC 3339"))?;
+            Clock::fake((t.unix_timestamp_nanos() / 1_000_000) as i64)
+        }
+        None => Clock::system(),
+    };
+    let opts = RunOptions {
+        state_dir: a.state_dir,
+        set_clock: a.set_clock.then(|| {
+            std::sync::Arc::new(crate::clock::SystemRealtime)
+                as std::sync::Arc<dyn crate::clock::ClockSetter>
+        }),
+        status_file: a.status_file,
+    };
+    let cfg = RunConfig {
+        url,
+        ca_fingerprint,
+        token,
+        sysroot: a.sysroot,
+        run_tools: !a.no_tools,
+        lldp_listen: Duration::from_secs(a.lldp_secs),
+        boot_id: a.boot_id,
+        once: a.once,
+    };
+    Ok((cfg, opts, clock))
 }

@@ -79,6 +79,44 @@ impl ClientError {
             _ => false,
         }
     }
+
+    /// The agent API refused our certificate (401: revoked, unknown, not on record) or the
+    /// machine it names (403): only a new enrollment helps.
+    pub fn identity_refused(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unauthorized(_) | ClientError::Problem { status: 403, .. }
+        )
+    }
+
+    /// One short line for the status file: the message, and for network failures the
+    /// innermost cause (e.g. "Connection refused (os error 111)") rather than reqwest's
+    /// "error sending request".
+    pub fn short(&self) -> String {
+        let text = match self {
+            ClientError::Transport { source, .. } => {
+                let mut cause: &dyn std::error::Error = source;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                let inner = cause.to_string();
+                if source.is_timeout() {
+                    format!("timed out ({inner})")
+                } else {
+                    inner
+                }
+            }
+            ClientError::FingerprintMismatch { .. } => {
+                "the server did not present the pinned CA".to_string()
+            }
+            other => other.to_string(),
+        };
+        let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        match line.char_indices().nth(160) {
+            Some((i, _)) => format!("{}…", &line[..i]),
+            None => line,
+        }
+    }
 }
 
 fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, ClientError> {
@@ -214,13 +252,58 @@ impl Enroller {
         Session::new(
             self.pin.clone(),
             self.clock.clone(),
-            res.machine_id,
-            res.agent_url,
-            key,
-            &res.cert_pem,
-            res.not_after,
-            boot_id.to_string(),
+            Credentials {
+                machine_id: res.machine_id,
+                agent_url: res.agent_url,
+                boot_id: boot_id.to_string(),
+                key_pem: key.serialize_pem(),
+                cert_pem: res.cert_pem,
+                ca_pem: res.ca_pem,
+                not_after: res.not_after,
+                issued_at_ms: self.clock.now_ms(),
+            },
         )
+    }
+
+    /// A session from credentials saved earlier (`--state-dir`), without enrolling. The caller
+    /// has checked them ([`crate::state`]); the server still judges the certificate on the
+    /// first request.
+    pub fn resume(&self, creds: Credentials) -> Result<Session, ClientError> {
+        Session::new(self.pin.clone(), self.clock.clone(), creds)
+    }
+}
+
+/// What a session is made of: enough to resume it in a later process of the same boot.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The machine the certificate names.
+    pub machine_id: MachineId,
+    /// Base URL of the agent API.
+    pub agent_url: String,
+    /// The kernel boot id enrolled with.
+    pub boot_id: String,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The client certificate (and any chain), PEM.
+    pub cert_pem: String,
+    /// The CA that issued it, PEM.
+    pub ca_pem: String,
+    /// When the certificate expires.
+    pub not_after: OffsetDateTime,
+    /// When it was issued, by the server's clock (Unix ms; renewal is due at two thirds).
+    pub issued_at_ms: i64,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("machine_id", &self.machine_id)
+            .field("agent_url", &self.agent_url)
+            .field("boot_id", &self.boot_id)
+            .field("key_pem", &"<redacted>")
+            .field("not_after", &self.not_after)
+            .field("issued_at_ms", &self.issued_at_ms)
+            .finish()
     }
 }
 
@@ -248,32 +331,44 @@ pub struct Session {
     /// When the current certificate expires.
     pub not_after: OffsetDateTime,
     issued_at_ms: i64,
+    key_pem: String,
+    cert_pem: String,
+    ca_pem: String,
     http: reqwest::Client,
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        pin: Arc<PinnedCa>,
-        clock: Arc<Clock>,
-        machine_id: MachineId,
-        agent_url: String,
-        key: KeyPair,
-        cert_pem: &str,
-        not_after: OffsetDateTime,
-        boot_id: String,
-    ) -> Result<Session, ClientError> {
-        let http = mtls_client(&pin, &key, cert_pem)?;
+    fn new(pin: Arc<PinnedCa>, clock: Arc<Clock>, c: Credentials) -> Result<Session, ClientError> {
+        let key = KeyPair::from_pem(&c.key_pem)
+            .map_err(|e| ClientError::Crypto(format!("private key: {e}")))?;
+        let http = mtls_client(&pin, &key, &c.cert_pem)?;
         Ok(Session {
-            issued_at_ms: clock.now_ms(),
+            issued_at_ms: c.issued_at_ms,
             pin,
             clock,
-            machine_id,
-            agent_url: agent_url.trim_end_matches('/').to_string(),
-            boot_id,
-            not_after,
+            machine_id: c.machine_id,
+            agent_url: c.agent_url.trim_end_matches('/').to_string(),
+            boot_id: c.boot_id,
+            not_after: c.not_after,
+            key_pem: c.key_pem,
+            cert_pem: c.cert_pem,
+            ca_pem: c.ca_pem,
             http,
         })
+    }
+
+    /// The current key and certificate, to save (`--state-dir`).
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            machine_id: self.machine_id,
+            agent_url: self.agent_url.clone(),
+            boot_id: self.boot_id.clone(),
+            key_pem: self.key_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+            not_after: self.not_after,
+            issued_at_ms: self.issued_at_ms,
+        }
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -361,6 +456,8 @@ impl Session {
         self.http = mtls_client(&self.pin, &key, &res.cert_pem)?;
         self.not_after = res.not_after;
         self.issued_at_ms = self.clock.now_ms();
+        self.key_pem = key.serialize_pem();
+        self.cert_pem = res.cert_pem;
         Ok(())
     }
 }

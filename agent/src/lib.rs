@@ -6,6 +6,8 @@ pub mod clock;
 pub mod inventory;
 pub mod runner;
 pub mod simulate;
+pub mod state;
+pub mod status;
 pub mod tls;
 
 /// Install the workspace's one TLS crypto provider (ring). Idempotent.

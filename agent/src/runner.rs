@@ -1,6 +1,8 @@
-//! The agent's main loop: learn the clock, enroll, report the inventory, heartbeat and follow
-//! the server's directives; every failure is logged with its reason and retried with jittered
-//! backoff, never fatal unless retrying cannot help.
+//! The agent's main loop: learn the clock, enroll (or resume an enrollment saved earlier in
+//! this boot), report the inventory, heartbeat and follow the server's directives; every
+//! failure is logged with its reason and retried with jittered backoff, never fatal unless
+//! retrying cannot help (a malformed CA fingerprint, no token when one is needed) or `once`
+//! asks for one round.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,8 +13,10 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use crate::client::{ClientError, Enroller, Session};
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockSetter};
 use crate::inventory::{self, CollectOptions};
+use crate::state::{Loaded, StateDir};
+use crate::status::{Phase, Status};
 
 /// Everything `anneal-agent run` needs.
 #[derive(Debug, Clone)]
@@ -21,7 +25,8 @@ pub struct RunConfig {
     pub url: String,
     /// `sha256:HEX` of the server's CA.
     pub ca_fingerprint: String,
-    /// Bootstrap token.
+    /// Bootstrap token; may be empty when a saved enrollment of this boot is expected
+    /// ([`RunOptions::state_dir`]); enrolling without one is a configuration error.
     pub token: String,
     /// Where to read the machine from.
     pub sysroot: PathBuf,
@@ -54,6 +59,10 @@ impl Backoff {
         self.attempt += 1;
         jitter(base)
     }
+    /// Delays handed out since the last reset (the number of failed attempts so far).
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
     /// Start over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -85,134 +94,345 @@ async fn collect(cfg: &RunConfig) -> anneal_shared::inventory::Inventory {
     .await
 }
 
-/// Enroll, retrying what can be retried.
-async fn enroll_until_done(
-    cfg: &RunConfig,
-    enroller: &Enroller,
-    inv: &anneal_shared::inventory::Inventory,
-    boot_id: &str,
-) -> Result<Session> {
-    let hints = inventory::identity_hints(inv);
-    let hostname = inv
-        .os
-        .as_ref()
-        .and_then(|o| o.hostname.clone())
-        .unwrap_or_default();
-    let mut backoff = Backoff::new(Duration::from_secs(60));
-    loop {
-        match enroller
-            .enroll(&cfg.token, hints.clone(), boot_id, &hostname)
-            .await
-        {
-            Ok(s) => return Ok(s),
-            Err(e @ ClientError::FingerprintMismatch { .. })
-            | Err(e @ ClientError::BadFingerprint(_)) => {
-                return Err(e).context("enrollment");
-            }
-            Err(e @ ClientError::Quarantined(_)) if cfg.once => {
-                return Err(e)
-                    .context("enrollment (an operator must resolve it: anneal quarantine)")
-            }
-            Err(e) if cfg.once && !e.is_transient() => return Err(e).context("enrollment"),
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "enrollment failed");
-                tokio::time::sleep(wait).await;
-            }
-        }
+/// The longest wait between retries (before ±25 % jitter).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(40);
+
+/// What the discovery image adds to `anneal-agent run` (all off by default).
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Keep key, certificate and enrollment here; resume from them within the same boot.
+    pub state_dir: Option<PathBuf>,
+    /// Set the system clock through this once the server's time is known (`--set-clock`).
+    pub set_clock: Option<Arc<dyn ClockSetter>>,
+    /// Keep a one-line description of what the agent does in this file.
+    pub status_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("state_dir", &self.state_dir)
+            .field("set_clock", &self.set_clock.is_some())
+            .field("status_file", &self.status_file)
+            .finish()
     }
 }
 
 /// Run the agent until it is told to stop (or, with `once`, after one round).
 pub async fn run(cfg: RunConfig, clock: Arc<Clock>) -> Result<()> {
-    let enroller = Enroller::new(&cfg.url, &cfg.ca_fingerprint, clock.clone())?;
-    let mut backoff = Backoff::new(Duration::from_secs(60));
-    loop {
-        match enroller.sync_clock().await {
-            Ok(offset) => {
-                tracing::info!(offset_ms = offset, "learned the server's clock");
-                break;
-            }
-            Err(e @ ClientError::FingerprintMismatch { .. }) => return Err(e.into()),
+    run_with(cfg, RunOptions::default(), clock).await
+}
+
+/// [`run`] with the discovery image's options.
+pub async fn run_with(cfg: RunConfig, opts: RunOptions, clock: Arc<Clock>) -> Result<()> {
+    // The state directory first: the status file may live in it.
+    let state = opts
+        .state_dir
+        .as_deref()
+        .and_then(|dir| match StateDir::open(dir) {
+            Ok(s) => Some(s),
             Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the server yet");
-                tokio::time::sleep(wait).await;
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot use the state directory; enrollments will not be kept");
+                None
+            }
+        });
+    let mut status = Status::new(opts.status_file.clone(), &cfg.url);
+    status.set(Phase::Starting);
+    let result = Agent::start(cfg, opts, state, clock, &mut status).await;
+    if let Err(e) = &result {
+        status.set(Phase::Stopped {
+            reason: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+struct Agent<'a> {
+    cfg: RunConfig,
+    enroller: Enroller,
+    clock: Arc<Clock>,
+    state: Option<StateDir>,
+    status: &'a mut Status,
+    boot_id: String,
+}
+
+impl<'a> Agent<'a> {
+    async fn start(
+        cfg: RunConfig,
+        opts: RunOptions,
+        state: Option<StateDir>,
+        clock: Arc<Clock>,
+        status: &'a mut Status,
+    ) -> Result<()> {
+        let enroller = Enroller::new(&cfg.url, &cfg.ca_fingerprint, clock.clone())?;
+        let boot_id = read_boot_id(&cfg);
+        let mut agent = Agent {
+            cfg,
+            enroller,
+            clock,
+            state,
+            status,
+            boot_id,
+        };
+        agent.learn_clock().await?;
+        if let Some(setter) = &opts.set_clock {
+            crate::clock::apply(&agent.clock, setter.as_ref());
+        }
+        agent.work().await
+    }
+
+    /// Learn the server's clock over the pinned connection, retrying until it answers.
+    async fn learn_clock(&mut self) -> Result<()> {
+        let mut backoff = Backoff::new(MAX_BACKOFF);
+        loop {
+            match self.enroller.sync_clock().await {
+                Ok(offset) => {
+                    tracing::info!(offset_ms = offset, "learned the server's clock");
+                    return Ok(());
+                }
+                Err(e @ ClientError::FingerprintMismatch { .. }) if self.cfg.once => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    if matches!(e, ClientError::FingerprintMismatch { .. }) {
+                        // Nothing was sent; the right server may come back at this address.
+                        tracing::error!(error = %e, retry_in = ?wait, "wrong server");
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the server yet");
+                    }
+                    self.status.set(Phase::WaitingForServer {
+                        attempt: backoff.attempts(),
+                        next: wait,
+                        reason: e.short(),
+                    });
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
-    let boot_id = read_boot_id(&cfg);
-    // Collector failures are logged by the inventory module and reported inside the inventory.
-    let mut inv = collect(&cfg).await;
-    let mut session = enroll_until_done(&cfg, &enroller, &inv, &boot_id).await?;
-    tracing::info!(machine_id = %session.machine_id, agent_url = %session.agent_url, "enrolled");
 
-    let mut inventory_sent = false;
-    let mut backoff = Backoff::new(Duration::from_secs(60));
-    loop {
-        if !inventory_sent {
-            match session.send_inventory(&inv).await {
-                Ok(()) => {
-                    inventory_sent = true;
-                    tracing::info!(
-                        disks = inv.disks.len(),
-                        nics = inv.nics.len(),
-                        "inventory sent"
-                    );
+    /// A certificate saved earlier in this boot, if the state directory holds a usable one.
+    fn resume(&mut self) -> Option<Session> {
+        let state = self.state.as_ref()?;
+        let pin = crate::tls::parse_fingerprint(&self.cfg.ca_fingerprint)?;
+        match state.load(&self.boot_id, &pin, self.clock.now_unix()) {
+            Loaded::Empty => None,
+            Loaded::OtherBoot { saved_boot_id } => {
+                tracing::info!(saved_boot_id, boot_id = %self.boot_id, "state directory is from another boot; enrolling afresh");
+                None
+            }
+            Loaded::Unusable(why) => {
+                tracing::warn!(dir = %state.path().display(), reason = %why, "saved enrollment unusable; enrolling afresh");
+                None
+            }
+            Loaded::Reusable(creds) => match self.enroller.resume(creds) {
+                Ok(s) => {
+                    tracing::info!(machine_id = %s.machine_id, boot_id = %self.boot_id, "resuming the enrollment saved earlier in this boot");
+                    Some(s)
                 }
-                Err(e) => tracing::warn!(error = %e, "sending the inventory failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved enrollment unusable; enrolling afresh");
+                    None
+                }
+            },
+        }
+    }
+
+    fn save(&self, session: &Session) {
+        if let Some(state) = &self.state {
+            if let Err(e) = state.save(
+                &session.credentials(),
+                &self.cfg.ca_fingerprint,
+                &self.cfg.url,
+            ) {
+                tracing::warn!(dir = %state.path().display(), error = %e, "cannot save the enrollment; a restart will need a new token");
             }
         }
-        if session.needs_renewal() {
-            match session.renew().await {
-                Ok(()) => tracing::info!(not_after = %session.not_after, "certificate renewed"),
-                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+    }
+
+    fn discard(&self) {
+        if let Some(state) = &self.state {
+            if let Err(e) = state.discard() {
+                tracing::warn!(dir = %state.path().display(), error = %e, "cannot discard the saved enrollment");
             }
         }
-        let status = if inventory_sent {
-            "idle"
-        } else {
-            "reporting inventory"
+    }
+
+    /// Enroll with the bootstrap token, retrying what can be retried; save the result.
+    async fn enroll(&mut self, inv: &anneal_shared::inventory::Inventory) -> Result<Session> {
+        if self.cfg.token.is_empty() {
+            anyhow::bail!(
+                "no bootstrap token (--token or anneal.token= on the kernel command line) and no \
+                 enrollment of this boot to resume"
+            );
+        }
+        self.status.set(Phase::Enrolling);
+        let hints = inventory::identity_hints(inv);
+        let hostname = inv
+            .os
+            .as_ref()
+            .and_then(|o| o.hostname.clone())
+            .unwrap_or_default();
+        let mut backoff = Backoff::new(MAX_BACKOFF);
+        loop {
+            let e = match self
+                .enroller
+                .enroll(&self.cfg.token, hints.clone(), &self.boot_id, &hostname)
+                .await
+            {
+                Ok(s) => {
+                    tracing::info!(machine_id = %s.machine_id, agent_url = %s.agent_url, "enrolled");
+                    self.save(&s);
+                    return Ok(s);
+                }
+                Err(e @ ClientError::BadFingerprint(_)) => return Err(e).context("enrollment"),
+                Err(e @ ClientError::FingerprintMismatch { .. }) if self.cfg.once => {
+                    return Err(e).context("enrollment")
+                }
+                Err(e @ ClientError::Quarantined(_)) if self.cfg.once => {
+                    return Err(e)
+                        .context("enrollment (an operator must resolve it: anneal quarantine)")
+                }
+                Err(e) if self.cfg.once && !e.is_transient() => {
+                    return Err(e).context("enrollment")
+                }
+                Err(e) => e,
+            };
+            let wait = backoff.next_delay();
+            tracing::warn!(error = %e, retry_in = ?wait, "enrollment failed");
+            self.status.set(Phase::EnrollFailed {
+                attempt: backoff.attempts(),
+                next: wait,
+                reason: e.short(),
+            });
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Enrolled: inventory, renewals, heartbeats and directives, for good.
+    async fn work(&mut self) -> Result<()> {
+        // Collector failures are logged by the inventory module and reported inside it.
+        let mut inv = collect(&self.cfg).await;
+        let (mut session, mut resumed) = match self.resume() {
+            Some(s) => (s, true),
+            None => (self.enroll(&inv).await?, false),
         };
-        let wait = match session.heartbeat(status).await {
-            Ok(hb) => {
-                backoff.reset();
-                match hb.directive {
-                    Directive::SendInventory if inventory_sent => {
-                        inv = collect(&cfg).await;
-                        inventory_sent = false;
+        self.status.machine(session.machine_id);
+        self.status.work(|w| w.resumed = resumed);
+
+        let mut inventory_sent = false;
+        let mut backoff = Backoff::new(MAX_BACKOFF);
+        loop {
+            if !inventory_sent {
+                match session.send_inventory(&inv).await {
+                    Ok(()) => {
+                        inventory_sent = true;
+                        tracing::info!(
+                            disks = inv.disks.len(),
+                            nics = inv.nics.len(),
+                            "inventory sent"
+                        );
+                        self.status.work(|w| w.inventory_sent = true);
                     }
-                    Directive::AwaitApproval => {
-                        tracing::info!("waiting for an operator to approve this machine")
+                    // A resumed certificate that the server refuses (revoked, or a server that
+                    // lost its records) is replaced even with `once`: nothing else would help.
+                    Err(e) if e.identity_refused() && (resumed || !self.cfg.once) => {
+                        session = self.reenroll(&e, &inv).await?;
+                        resumed = false;
+                        continue;
                     }
-                    _ => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sending the inventory failed; will retry")
+                    }
                 }
-                if cfg.once && inventory_sent {
-                    return Ok(());
-                }
-                jitter(Duration::from_secs(hb.interval_secs.max(1) as u64))
             }
-            Err(e @ ClientError::Unauthorized(_)) => {
-                // Revoked or forgotten: a new enrollment needs a new token; keep trying slowly
-                // so the operator sees the machine the moment they issue one.
-                if cfg.once {
-                    return Err(e.into());
+            if session.needs_renewal() {
+                match session.renew().await {
+                    Ok(()) => {
+                        tracing::info!(not_after = %session.not_after, "certificate renewed");
+                        self.save(&session);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
                 }
-                tracing::error!(error = %e, "certificate refused; re-enrolling");
-                session = enroll_until_done(&cfg, &enroller, &inv, &boot_id).await?;
-                inventory_sent = false;
-                continue;
             }
-            Err(e) => {
-                if cfg.once && !e.is_transient() {
-                    return Err(e.into());
+            let status = if inventory_sent {
+                "idle"
+            } else {
+                "reporting inventory"
+            };
+            let wait = match session.heartbeat(status).await {
+                Ok(hb) => {
+                    backoff.reset();
+                    let at = time::OffsetDateTime::from_unix_timestamp_nanos(
+                        self.clock.now_ms() as i128 * 1_000_000,
+                    )
+                    .ok();
+                    let awaiting = matches!(hb.directive, Directive::AwaitApproval);
+                    match hb.directive {
+                        Directive::SendInventory if inventory_sent => {
+                            inv = collect(&self.cfg).await;
+                            inventory_sent = false;
+                        }
+                        Directive::AwaitApproval => {
+                            tracing::info!("waiting for an operator to approve this machine")
+                        }
+                        _ => {}
+                    }
+                    self.status.work(|w| {
+                        w.failing = None;
+                        w.last_heartbeat = at;
+                        w.awaiting_approval = awaiting;
+                        w.inventory_sent = inventory_sent;
+                    });
+                    if self.cfg.once && inventory_sent {
+                        return Ok(());
+                    }
+                    jitter(Duration::from_secs(hb.interval_secs.max(1) as u64))
                 }
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "heartbeat failed");
-                wait
-            }
-        };
-        tokio::time::sleep(wait).await;
+                Err(e) if e.identity_refused() => {
+                    // Revoked or forgotten: only a new enrollment helps; with a used-up token
+                    // that keeps retrying slowly, so the operator sees the machine the moment
+                    // they issue a new one.
+                    if self.cfg.once && !resumed {
+                        return Err(e.into());
+                    }
+                    session = self.reenroll(&e, &inv).await?;
+                    resumed = false;
+                    inventory_sent = false;
+                    continue;
+                }
+                Err(e) => {
+                    if self.cfg.once && !e.is_transient() {
+                        return Err(e.into());
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "heartbeat failed");
+                    let reason = e.short();
+                    let attempt = backoff.attempts();
+                    self.status
+                        .work(|w| w.failing = Some((attempt, wait, reason)));
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The server refused our certificate: forget it and enroll afresh.
+    async fn reenroll(
+        &mut self,
+        e: &ClientError,
+        inv: &anneal_shared::inventory::Inventory,
+    ) -> Result<Session> {
+        tracing::error!(error = %e, "certificate refused; re-enrolling");
+        self.discard();
+        let session = self.enroll(inv).await?;
+        self.status.machine(session.machine_id);
+        self.status.work(|w| {
+            *w = crate::status::Work::default();
+        });
+        Ok(session)
     }
 }
 
