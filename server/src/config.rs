@@ -213,14 +213,15 @@ impl Config {
 pub const DEFAULT_DISCOVERY_ARGS: &str = "console=tty0 console=ttyS0,115200n8";
 
 /// Kernel arguments go into an iPXE script line: one line of printable text, and none of the
-/// keys Anneal sets itself.
+/// keys Anneal sets itself (`anneal.debug`, the image's debug shell, is the operator's to set).
 fn kernel_args(args: String) -> Result<String> {
     if let Some(c) = args.chars().find(|c| c.is_control()) {
         anyhow::bail!("discovery_args: control character {c:?} in {args:?}");
     }
     for word in args.split_whitespace() {
         let key = word.split('=').next().unwrap_or(word);
-        if key.starts_with("anneal.") || key == "BOOTIF" || key == "initrd" {
+        let ours = key.starts_with("anneal.") && key != "anneal.debug";
+        if ours || matches!(key, "BOOTIF" | "initrd" | "rootfstype") {
             anyhow::bail!("discovery_args: {key} is set by Anneal itself; remove it from {args:?}");
         }
     }
@@ -329,10 +330,13 @@ mod tests {
                 .discovery_args,
             "quiet console=ttyS1,57600"
         );
+        assert_eq!(with("anneal.debug=1").unwrap().discovery_args, "anneal.debug=1");
         for (bad, says) in [
             ("quiet\nchain http://x/", "control character"),
             ("anneal.url=https://evil", "anneal.url is set by Anneal"),
             ("BOOTIF=01-00-11-22-33-44-55", "BOOTIF is set by Anneal"),
+            ("rootfstype=tmpfs", "rootfstype is set by Anneal"),
+            ("anneal.token=x", "anneal.token is set by Anneal"),
         ] {
             let err = format!("{:#}", with(bad).unwrap_err());
             assert!(err.contains(says), "{bad:?}: {err}");

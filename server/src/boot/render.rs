@@ -32,9 +32,11 @@ goto retry
 
 const DISCOVERY: &str = r#"#!ipxe
 # Anneal: discovery image for {{ mac }} ({{ machine }}).
+# rootfstype=ramfs: the image unpacks into RAM, and the default (tmpfs) is capped at half the
+# memory the kernel sees at that moment, which under UEFI with 512 MB is less than the image.
 :retry
 echo Anneal: booting the discovery image for {{ mac }}
-kernel {{ kernel_url }} initrd={{ initrd_name }} {{ kernel_args }} anneal.url={{ anneal_url }} anneal.ca={{ ca_fingerprint }} BOOTIF={{ bootif }} anneal.token={{ token }} || goto failed
+kernel {{ kernel_url }} initrd={{ initrd_name }} rootfstype=ramfs {{ kernel_args }} anneal.url={{ anneal_url }} anneal.ca={{ ca_fingerprint }} BOOTIF={{ bootif }} anneal.token={{ token }} || goto failed
 initrd {{ initrd_url }} || goto failed
 boot || goto failed
 :failed
@@ -190,7 +192,7 @@ mod tests {
             .unwrap();
         assert!(s.starts_with("#!ipxe\n"));
         for want in [
-            "kernel http://10.0.0.1:8080/artifacts/aa/vmlinuz initrd=initrd.img console=ttyS0 ",
+            "kernel http://10.0.0.1:8080/artifacts/aa/vmlinuz initrd=initrd.img rootfstype=ramfs console=ttyS0 ",
             "anneal.url=https://10.0.0.1:8443 ",
             "anneal.ca=sha256:00ff ",
             "BOOTIF=01-52-54-00-12-34-56 ",
