@@ -330,7 +330,10 @@ mod tests {
                 .discovery_args,
             "quiet console=ttyS1,57600"
         );
-        assert_eq!(with("anneal.debug=1").unwrap().discovery_args, "anneal.debug=1");
+        assert_eq!(
+            with("anneal.debug=1").unwrap().discovery_args,
+            "anneal.debug=1"
+        );
         for (bad, says) in [
             ("quiet\nchain http://x/", "control character"),
             ("anneal.url=https://evil", "anneal.url is set by Anneal"),

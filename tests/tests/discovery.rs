@@ -5,13 +5,11 @@
 //! same record, a new enrollment, a fresh inventory.
 //!
 //! A BIOS machine (SeaBIOS, e1000 with iPXE ROM, virtio + SATA disks, 2 CPUs, its clock in
-//! 2001) and a UEFI machine (OVMF's own PXE client, virtio-net, NVMe + virtio disks), each with
-//! 512 MiB, the image's memory budget.
-//!
-//! Not yet passing, so ignored: the UEFI machine. It boots the image (OVMF → `snponly.efi` →
-//! iPXE → kernel), and the image's DHCP client gets an OFFER and sends a REQUEST that the server
-//! ACKs, but it never binds and falls silent (no renewal; the same image on a BIOS machine with
-//! virtio-net binds at once). Under investigation; see docs/image.md.
+//! 2001) and a UEFI machine (OVMF's own PXE client, virtio-net, NVMe + virtio disks, its clock
+//! in 2035), each with 512 MiB, the image's memory budget, booting at the same time. The UEFI
+//! machine is why the discovery script says `rootfstype=ramfs`: with the default tmpfs root
+//! (capped at half the memory the kernel sees early, less under OVMF) the image stopped
+//! unpacking halfway and DHCP never configured the link.
 //!
 //! Needs what every rack test needs plus the built image (`ANNEAL_DISCOVERY_IMAGE`, set by
 //! `scripts/test`): skipped with the reason otherwise, failed under
@@ -82,6 +80,7 @@ fn machines(dir: &Path) -> Result<Vec<Expected>> {
             "DISC-B-VIRTIO-1",
         );
     uefi.memory_mb = 512;
+    uefi.rtc_base = Some("2035-06-01".into());
     Ok(vec![
         Expected {
             spec: bios,
@@ -290,19 +289,9 @@ fn discover_and_rediscover(which: &[usize]) -> Result<()> {
 }
 
 #[test]
-fn bios_machine_with_a_2001_clock_is_discovered_then_rediscovered_after_a_reset() {
+fn bios_and_uefi_machines_are_discovered_then_one_is_rediscovered_after_a_reset() {
     rack_test(
-        "bios_machine_with_a_2001_clock_is_discovered_then_rediscovered_after_a_reset",
-        &[Need::DiscoveryImage],
-        || discover_and_rediscover(&[0]),
-    );
-}
-
-#[test]
-#[ignore = "UEFI: the image's DHCP client never binds after OVMF booted it (module docs)"]
-fn bios_and_uefi_machines_are_discovered_together() {
-    rack_test(
-        "bios_and_uefi_machines_are_discovered_together",
+        "bios_and_uefi_machines_are_discovered_then_one_is_rediscovered_after_a_reset",
         &[Need::DiscoveryImage],
         || discover_and_rediscover(&[0, 1]),
     );
