@@ -44,6 +44,7 @@ pub struct MachineSummary {
     /// MACs of physical NICs.
     pub macs: Vec<String>,
     pub cpus: Option<u32>,
+    /// Installed memory (SMBIOS DIMMs), or the OS's total when SMBIOS lists no DIMMs.
     pub memory_bytes: Option<u64>,
     pub disks: Option<u32>,
     #[serde(with = "time::serde::rfc3339::option")]

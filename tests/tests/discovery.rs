@@ -262,6 +262,17 @@ fn discover_and_rediscover(which: &[usize]) -> Result<()> {
         count(&list) == Some(want.len()),
         "one record per machine: {list:#}"
     );
+    // The list shows installed memory (what QEMU was given), not what the OS keeps.
+    for w in &want {
+        let row = list
+            .as_array()
+            .and_then(|l| l.iter().find(|m| m["serial"] == w.smbios.serial.as_str()))
+            .context("the machine is in the list")?;
+        ensure!(
+            row["memory_bytes"].as_u64() == Some(u64::from(w.spec.memory_mb) * MIB),
+            "memory in the list: {row:#}"
+        );
+    }
 
     // Reset the first machine into discovery again: same record, new boot, new enrollment,
     // inventory refreshed.

@@ -122,7 +122,13 @@ pub fn machine_summary(m: &MachineRecord) -> MachineSummary {
             .or_else(|| m.identity.system_serial.clone()),
         macs: m.identity.macs.iter().map(|n| n.mac.clone()).collect(),
         cpus: inv.and_then(|i| i.cpu.as_ref()).map(|c| c.logical_cpus),
-        memory_bytes: inv.and_then(|i| i.memory.as_ref()).map(|m| m.total_bytes),
+        // What was bought (the DIMMs), not what the OS keeps after the firmware's share.
+        memory_bytes: inv
+            .and_then(|i| i.memory.as_ref())
+            .map(|m| match m.installed_bytes {
+                0 => m.total_bytes,
+                installed => installed,
+            }),
         disks: inv.map(|i| i.disks.len() as u32),
         last_seen: m.last_seen,
         status: m.status.clone(),
