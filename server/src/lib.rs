@@ -21,6 +21,7 @@ pub mod store;
 pub mod tftp;
 pub mod tls;
 pub mod tokens;
+pub mod workflow;
 
 /// Install the workspace's one TLS crypto provider (ring). Idempotent.
 pub fn install_crypto_provider() {

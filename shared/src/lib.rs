@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cmdline;
+pub mod content;
 pub mod inventory;
 pub mod protocol;
 
