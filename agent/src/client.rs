@@ -7,8 +7,9 @@ use std::time::Duration;
 use anneal_shared::api::{Machine, Problem};
 use anneal_shared::inventory::Inventory;
 use anneal_shared::protocol::{
-    self, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, IdentityHints,
-    InventoryReport, RenewRequest, RenewResponse, TimeResponse,
+    self, AttemptResult, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
+    IdentityHints, InventoryReport, LogAck, NextAction, NextRequest, NextResponse, RenewRequest,
+    RenewResponse, TimeResponse,
 };
 use anneal_shared::{MachineId, PROTOCOL_VERSION};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -16,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::tls::{parse_fingerprint, PinnedCa};
@@ -318,6 +320,15 @@ fn new_key_and_csr() -> Result<(KeyPair, String), ClientError> {
     Ok((key, csr))
 }
 
+/// The answer to a log upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogUpload {
+    /// Taken; the server's log is now this long.
+    Taken(u64),
+    /// Refused (a gap or a difference); the server has this many bytes: send from there.
+    Resume(u64),
+}
+
 /// After enrollment: the agent API over mutual TLS.
 pub struct Session {
     pin: Arc<PinnedCa>,
@@ -425,6 +436,89 @@ impl Session {
             None,
         )
         .await
+    }
+
+    /// Ask what to do next in the machine's workflow.
+    pub async fn next(&self) -> Result<NextAction, ClientError> {
+        let body = NextRequest {
+            protocol: PROTOCOL_VERSION,
+            boot_id: self.boot_id.clone(),
+        };
+        let res: NextResponse = self
+            .call(
+                reqwest::Method::POST,
+                &protocol::path_next(self.machine_id),
+                Some(&body),
+            )
+            .await?;
+        Ok(res.action)
+    }
+
+    /// Acknowledge an attempt's start; only after this succeeds may it run. A 409 means the
+    /// attempt is no longer current: do not run it.
+    pub async fn start_attempt(&self, attempt: Uuid) -> Result<(), ClientError> {
+        let path = protocol::path_attempt_start(self.machine_id, attempt);
+        let _: serde_json::Value = self
+            .call::<(), _>(reqwest::Method::POST, &path, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Upload log bytes starting at `offset`. Returns the server's log length: on success the
+    /// new end, on a 409 where it stands (resume from there).
+    pub async fn upload_log(
+        &self,
+        attempt: Uuid,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<LogUpload, ClientError> {
+        let url = format!(
+            "{}{}?offset={offset}",
+            self.agent_url,
+            protocol::path_attempt_log(self.machine_id, attempt)
+        );
+        let req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec());
+        let res = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        match status {
+            200 | 409 => {
+                let ack: LogAck = serde_json::from_slice(&bytes)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                Ok(if status == 200 {
+                    LogUpload::Taken(ack.length)
+                } else {
+                    LogUpload::Resume(ack.length)
+                })
+            }
+            s => Err(ClientError::Problem {
+                status: s,
+                detail: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
+        }
+    }
+
+    /// Report an attempt's end (after its whole log was taken).
+    pub async fn report_result(
+        &self,
+        attempt: Uuid,
+        result: &AttemptResult,
+    ) -> Result<(), ClientError> {
+        let path = protocol::path_attempt_result(self.machine_id, attempt);
+        let _: serde_json::Value = self
+            .call(reqwest::Method::POST, &path, Some(result))
+            .await?;
+        Ok(())
     }
 
     /// GET any agent-API path (tests use it to probe authorization).

@@ -195,7 +195,13 @@ pub async fn start(mut config: Config) -> Result<Running> {
         shutdown.clone(),
     ));
     let tftp = tftp.map(|t| tokio::spawn(t.run(shutdown.clone())));
+    // Workflow deadlines (boots, attempts, stages) are enforced by this ticker.
+    let ticker = tokio::spawn(crate::workflow::service::ticker(
+        app.store.clone(),
+        shutdown.clone(),
+    ));
     let done = tokio::spawn(async move {
+        let _ = ticker.await;
         let _ = api.await;
         let _ = agent.await;
         let _ = dhcp.await;

@@ -178,3 +178,73 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// `PUT /api/v1/machines/{id}/workflow`: assign a workflow (the machine's current run, if any,
+/// is cancelled and kept as history).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignWorkflow {
+    pub workflow: String,
+}
+
+/// A machine's workflow run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkflowRun {
+    pub id: Uuid,
+    pub machine_id: Uuid,
+    pub workflow: String,
+    /// The content version the workflow was pinned at when assigned.
+    pub content_version: i64,
+    /// Stage names, in order.
+    pub stages: Vec<String>,
+    /// Index of the current stage.
+    pub stage: usize,
+    /// Index of the current task within the stage.
+    pub task: usize,
+    /// `booting`, `ready`, `running`, `waiting`, `failed`, `done` or `cancelled`.
+    pub phase: String,
+    /// Why it failed, with the failing task named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The boot environment the machine is being booted into, while `booting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booting: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub updated_at: OffsetDateTime,
+}
+
+/// One job attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobAttempt {
+    pub id: Uuid,
+    pub machine_id: Uuid,
+    pub run_id: Uuid,
+    pub stage: String,
+    pub task: String,
+    /// `created`, `running`, `succeeded`, `failed`, `timed_out`, `interrupted` or `cancelled`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A built-in action's structured result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Bytes of log stored (`GET /api/v1/jobs/{id}/log`).
+    pub log_bytes: u64,
+}

@@ -35,6 +35,26 @@ pub fn path_machine(id: MachineId) -> String {
     format!("/agent/v1/machines/{id}")
 }
 
+/// `POST`: [`NextRequest`] → [`NextResponse`]: what to do next in the machine's workflow.
+pub fn path_next(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}/next")
+}
+/// `POST` (empty body): the agent is about to start this attempt. 204, or 409 when the attempt
+/// is no longer the machine's current one (do not run it).
+pub fn path_attempt_start(id: MachineId, attempt: uuid::Uuid) -> String {
+    format!("/agent/v1/machines/{id}/attempts/{attempt}/start")
+}
+/// `PUT ?offset=N`, body the log bytes from byte N: → [`LogAck`] (200, or 409 with the length
+/// the server has, to resume from).
+pub fn path_attempt_log(id: MachineId, attempt: uuid::Uuid) -> String {
+    format!("/agent/v1/machines/{id}/attempts/{attempt}/log")
+}
+/// `POST`: [`AttemptResult`]. 204, also for an exact repeat; 409 when the attempt is no
+/// longer current.
+pub fn path_attempt_result(id: MachineId, attempt: uuid::Uuid) -> String {
+    format!("/agent/v1/machines/{id}/attempts/{attempt}/result")
+}
+
 /// Header carrying the server's clock on every response, in Unix milliseconds.
 pub const HEADER_SERVER_TIME_MS: &str = "x-anneal-server-time-ms";
 
@@ -157,8 +177,104 @@ pub enum Directive {
     AwaitApproval,
     /// Re-send the inventory (the server has none for this boot).
     SendInventory,
+    /// The machine's workflow has something for it: ask `next`.
+    Work,
     #[serde(other)]
     Unknown,
+}
+
+/// `POST /agent/v1/machines/{id}/next`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextRequest {
+    pub protocol: u32,
+    /// The kernel boot id the agent runs in.
+    pub boot_id: String,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextResponse {
+    pub protocol: u32,
+    pub action: NextAction,
+}
+
+/// The workflow's instruction. Unknown values from a newer server map to `Unknown`, which an
+/// agent treats like `Wait`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum NextAction {
+    /// Run this job: acknowledge its start first, stream its log, report its result.
+    Job(Job),
+    /// Reboot now (the server has already switched the machine's boot environment).
+    Reboot,
+    /// Power the machine off.
+    PowerOff,
+    /// Nothing to do now; ask again after `retry_secs` or when a heartbeat says `work`.
+    Wait { retry_secs: u32 },
+    /// The workflow is done.
+    Done,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One attempt of a task, rendered for this machine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    /// The attempt's id: every report names it.
+    pub attempt: uuid::Uuid,
+    pub workflow: String,
+    pub stage: String,
+    pub task: String,
+    pub work: JobWork,
+    /// Kill it after this long.
+    pub timeout_secs: u32,
+    /// Values to replace with `********` in the log before it leaves the machine (secret
+    /// params the job uses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobWork {
+    /// A shell script, run by `/bin/sh`.
+    Script { script: String },
+    /// A built-in agent action.
+    Action {
+        name: String,
+        #[serde(default)]
+        args: serde_json::Map<String, serde_json::Value>,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+/// Answer to a log chunk: the log's length on the server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogAck {
+    pub protocol: u32,
+    pub length: u64,
+}
+
+/// `POST …/attempts/{attempt}/result`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptResult {
+    pub protocol: u32,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The script's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, in a line.
+    #[serde(default)]
+    pub reason: String,
+    /// A built-in action's structured result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The log's total length in bytes (the server checks it has them all).
+    #[serde(default)]
+    pub log_length: u64,
 }
 
 /// `POST /agent/v1/machines/{id}/renew`: a new CSR for a fresh certificate.
@@ -196,6 +312,28 @@ mod tests {
         let json = r#"{"protocol":7,"directive":"install_os_v9","interval_secs":10,"unix_ms":1,"new_field":[1,2]}"#;
         let r: HeartbeatResponse = serde_json::from_str(json).unwrap();
         assert_eq!(r.directive, Directive::Unknown);
+    }
+
+    #[test]
+    fn next_actions_round_trip_and_unknown_ones_are_tolerated() {
+        let job = NextAction::Job(Job {
+            attempt: uuid::Uuid::nil(),
+            workflow: "w".into(),
+            stage: "s".into(),
+            task: "t".into(),
+            work: JobWork::Script {
+                script: "echo hi".into(),
+            },
+            timeout_secs: 60,
+            redact: vec![],
+        });
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<NextAction>(&text).unwrap(), job);
+        let later: NextAction =
+            serde_json::from_str(r#"{"action":"firmware_update","x":1}"#).unwrap();
+        assert_eq!(later, NextAction::Unknown);
+        let w: NextAction = serde_json::from_str(r#"{"action":"wait","retry_secs":5}"#).unwrap();
+        assert_eq!(w, NextAction::Wait { retry_secs: 5 });
     }
 
     #[test]

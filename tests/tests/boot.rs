@@ -4,59 +4,12 @@ use anneal_agent::client::ClientError;
 use anneal_agent::clock::Clock;
 use anneal_shared::cmdline;
 use anneal_shared::protocol::{IdentityHints, Nic};
+use anneal_tests::pxe::{get, kernel_line, machine_script, plain_http, put_discovery, token_of};
 use anneal_tests::{hints, TestServer};
 use sha2::{Digest, Sha256};
 
-fn plain_http() -> reqwest::Client {
-    anneal_server::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-async fn get(server: &TestServer, path: &str) -> (u16, String) {
-    let res = plain_http()
-        .get(format!("{}{path}", server.http_url))
-        .send()
-        .await
-        .expect("request");
-    let status = res.status().as_u16();
-    (status, res.text().await.expect("body"))
-}
-
-/// The machine script as iPXE would ask for it (strings after `:uristring` encoding).
-async fn machine_script(server: &TestServer, mac: &str, uuid: &str, platform: &str) -> String {
-    let (status, body) = get(
-        server,
-        &format!(
-            "/boot/machine.ipxe?mac={}&uuid={uuid}&serial=TEST&buildarch=x86_64&platform={platform}",
-            mac.replace(':', "-")
-        ),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("#!ipxe\n"), "{body}");
-    body
-}
-
-fn kernel_line(script: &str) -> &str {
-    script
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .unwrap_or_else(|| panic!("no kernel line in\n{script}"))
-}
-
-fn token_of(script: &str) -> String {
-    cmdline::get(kernel_line(script), cmdline::TOKEN).expect("anneal.token on the kernel line")
-}
-
 fn kernel_bytes() -> Vec<u8> {
     (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect()
-}
-
-fn put_discovery(server: &TestServer, kernel: &[u8]) {
-    let dir = server.dir.path().join("images").join("discovery");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("vmlinuz"), kernel).unwrap();
-    std::fs::write(dir.join("initrd.img"), b"initrd contents").unwrap();
 }
 
 /// `hints(n)` booting from a QEMU-style (locally administered, never identifying) MAC.

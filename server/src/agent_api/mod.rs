@@ -4,6 +4,7 @@
 //! not outlive `revoke`) and that the machine in the path is the one the certificate names.
 
 mod handlers;
+mod jobs;
 
 use std::sync::Arc;
 
@@ -48,6 +49,21 @@ pub fn router(app: Arc<App>) -> Router {
             put(handlers::inventory),
         )
         .route("/agent/v1/machines/{id}/renew", post(handlers::renew))
+        .route("/agent/v1/machines/{id}/next", post(jobs::next))
+        .route(
+            "/agent/v1/machines/{id}/attempts/{attempt}/start",
+            post(jobs::start),
+        )
+        .route(
+            "/agent/v1/machines/{id}/attempts/{attempt}/log",
+            put(jobs::log).layer(axum::extract::DefaultBodyLimit::max(
+                jobs::MAX_LOG_CHUNK + 1,
+            )),
+        )
+        .route(
+            "/agent/v1/machines/{id}/attempts/{attempt}/result",
+            post(jobs::result),
+        )
         .fallback(problem::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(middleware::from_fn(crate::http_util::stamp_server_time))
@@ -63,6 +79,10 @@ async fn timed(req: Request, next: Next) -> Response {
         Some("heartbeat") => "heartbeat",
         Some("inventory") => "inventory",
         Some("renew") => "renew",
+        Some("next") => "next",
+        Some("start") => "start",
+        Some("log") => "log",
+        Some("result") => "result",
         _ => "other",
     };
     let started = std::time::Instant::now();

@@ -6,12 +6,13 @@ mod auth;
 mod boot;
 mod machines;
 mod tokens;
+pub mod workflows;
 
 use std::sync::Arc;
 
 use anneal_shared::api::{Alert, Machine, MachineSummary, QuarantinedEnrollment};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -31,6 +32,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/machines/{id}/rediscover", post(boot::rediscover))
         .route("/api/v1/quarantine", get(machines::quarantine))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
+        .route(
+            "/api/v1/machines/{id}/workflow",
+            put(workflows::assign).get(workflows::show),
+        )
+        .route(
+            "/api/v1/machines/{id}/workflow/{action}",
+            post(workflows::act),
+        )
+        .route("/api/v1/jobs", get(workflows::jobs))
+        .route("/api/v1/jobs/{id}/log", get(workflows::log))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,
@@ -41,7 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// The OpenAPI document of the operator API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Anneal operator API", description = "Machines, enrollment tokens and quarantine of an Anneal server."),
+    info(title = "Anneal operator API", description = "Machines, enrollment tokens, quarantine and workflows of an Anneal server."),
     paths(
         machines::list,
         machines::show,
@@ -51,9 +62,14 @@ pub fn router(app: Arc<App>) -> Router {
         machines::quarantine,
         tokens::create,
         tokens::list,
+        workflows::assign,
+        workflows::show,
+        workflows::act,
+        workflows::jobs,
+        workflows::log,
     ),
     modifiers(&BearerAuth),
-    tags((name = "machines"), (name = "tokens"))
+    tags((name = "machines"), (name = "tokens"), (name = "workflows"))
 )]
 pub struct ApiDoc;
 

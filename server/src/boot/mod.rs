@@ -47,6 +47,8 @@ use minijinja::context;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
+use anneal_shared::content::{BOOTENV_DISCOVERY, BOOTENV_LOCAL};
+
 use crate::app::App;
 use crate::identity;
 use crate::store::BootstrapTokenRecord;
@@ -303,11 +305,17 @@ async fn choose_and_render(
         .as_ref()
         .map(|m| m.id.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let discovery = match &found {
-        None => true,
-        Some(m) => m.requested_env.as_deref() == Some(crate::store::boot::BOOT_ENV_DISCOVERY),
+    // An operator's rediscovery request goes first, then the environment the machine's
+    // workflow assigned; a known machine with neither boots its disk.
+    let env = match &found {
+        None => BOOTENV_DISCOVERY,
+        Some(m) => m
+            .requested_env
+            .as_deref()
+            .or(m.assigned_env.as_deref())
+            .unwrap_or(BOOTENV_LOCAL),
     };
-    if !discovery {
+    if env == BOOTENV_LOCAL {
         let body = boot
             .templates
             .render(
@@ -316,7 +324,21 @@ async fn choose_and_render(
                 retry,
             )
             .unwrap_or_else(|e| e);
+        if let Some(m) = &found {
+            crate::workflow::service::script_served(boot.app.store.as_ref(), m.id, env).await;
+        }
         return ("local", machine, body);
+    }
+    if env != BOOTENV_DISCOVERY {
+        tracing::warn!(%mac, machine = %machine, env, "boot environment not servable");
+        return (
+            "error",
+            machine,
+            error_script(
+                &format!("boot environment `{env}` has no script on this server"),
+                retry,
+            ),
+        );
     }
 
     // Discovery: the image must be there before a token is minted for it.
@@ -363,7 +385,11 @@ async fn choose_and_render(
     if let Err(e) = boot
         .app
         .store
-        .insert_boot_token(&record, found.as_ref().map(|m| m.id))
+        .insert_boot_token(
+            &record,
+            found.as_ref().map(|m| m.id),
+            Some(BOOTENV_DISCOVERY),
+        )
         .await
     {
         tracing::error!(error = %e, %mac, "minting a boot token failed");
@@ -387,9 +413,13 @@ async fn choose_and_render(
         token => secret,
         base_url => base_url,
     };
-    let body = boot
-        .templates
-        .render("discovery", ctx, retry)
-        .unwrap_or_else(|e| e);
-    ("discovery", machine, body)
+    match boot.templates.render("discovery", ctx, retry) {
+        Ok(body) => {
+            if let Some(m) = &found {
+                crate::workflow::service::script_served(boot.app.store.as_ref(), m.id, env).await;
+            }
+            ("discovery", machine, body)
+        }
+        Err(error_body) => ("error", machine, error_body),
+    }
 }

@@ -115,6 +115,7 @@ async fn enroll(
             state,
             cert,
             same_boot,
+            via_env,
         } => {
             let result = if created { "created" } else { "recognised" };
             metrics::counter!("anneal_enrollments_total", "result" => result).increment(1);
@@ -124,6 +125,13 @@ async fn enroll(
                     .increment(1);
                 tracing::warn!(%machine_id, boot_id = %req.boot_id, "second enrollment within one boot");
             }
+            crate::workflow::service::enrolled(
+                app.store.as_ref(),
+                machine_id,
+                &req.boot_id,
+                via_env.as_deref(),
+            )
+            .await;
             let host = request_host(&headers, &uri).unwrap_or_else(|| "localhost".into());
             Ok(Json(EnrollResponse {
                 protocol: PROTOCOL_VERSION,

@@ -24,6 +24,8 @@ pub struct BootMachine {
     pub matched_by: &'static str,
     /// The boot environment an operator requested for its next boot, if any.
     pub requested_env: Option<String>,
+    /// The boot environment its workflow assigned, if any (the request goes first).
+    pub assigned_env: Option<String>,
 }
 
 /// Store methods of the boot service.
@@ -39,11 +41,13 @@ pub trait BootStore: Send + Sync {
     ) -> StoreResult<Option<BootMachine>>;
 
     /// Add a bootstrap token, optionally bound to a known machine: enrollment with it then
-    /// succeeds only when the identity decision is that machine.
+    /// succeeds only when the identity decision is that machine. `boot_env`: the environment
+    /// whose script carries it, reported with the enrollment it makes.
     async fn insert_boot_token(
         &self,
         token: &BootstrapTokenRecord,
         machine_id: Option<MachineId>,
+        boot_env: Option<&str>,
     ) -> StoreResult<()>;
 
     /// Ask a known machine to boot `env` (e.g. [`BOOT_ENV_DISCOVERY`]) at its next PXE boot,

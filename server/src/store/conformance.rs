@@ -36,6 +36,10 @@ where
     boot_routing_by_uuid_and_mac(make().await).await;
     machine_bound_tokens_enroll_only_their_machine(make().await).await;
     boot_requests_last_until_the_next_enrollment(make().await).await;
+    use super::conformance_workflow as wf;
+    wf::content_versions_are_kept_and_unchanged_applies_make_none(make().await).await;
+    wf::concurrent_asks_hand_out_one_attempt(make().await).await;
+    wf::log_chunks_never_lose_or_repeat_a_byte(make().await).await;
 }
 
 fn now() -> OffsetDateTime {
@@ -701,6 +705,13 @@ pub async fn offers_take_the_lowest_never_used_address(store: Arc<dyn Store>) {
 
 // ---- Boot routing (`BootStore`, store/boot.rs) ----
 
+/// A machine enrolled with `hints(n)` through a fresh token.
+pub(super) async fn enrolled_machine(store: &Arc<dyn Store>, n: u32) -> MachineId {
+    let token = format!("machine-{n}");
+    add_token(store, &token, 1, Duration::hours(1), None).await;
+    enrolled_id(enroll(store, &input(&token, hints(n), "b")).await)
+}
+
 fn enrolled_id(outcome: EnrollOutcome) -> MachineId {
     match outcome {
         EnrollOutcome::Enrolled { machine_id, .. } => machine_id,
@@ -767,7 +778,7 @@ pub async fn machine_bound_tokens_enroll_only_their_machine(store: Arc<dyn Store
         created_at: now(),
     };
     store
-        .insert_boot_token(&bound, Some(m1))
+        .insert_boot_token(&bound, Some(m1), None)
         .await
         .expect("insert");
     match enroll(&store, &input("bound", hints(42), "x")).await {

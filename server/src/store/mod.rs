@@ -7,10 +7,13 @@
 
 pub mod boot;
 pub mod conformance;
+mod conformance_workflow;
 pub mod leases;
 mod sqlite;
 mod sqlite_boot;
 mod sqlite_leases;
+mod sqlite_workflow;
+pub mod workflow;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use crate::identity::Evidence;
 pub use boot::{BootMachine, BootStore};
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
 pub use sqlite::SqliteStore;
+pub use workflow::WorkflowStore;
 
 /// A store error: the engine failed, or stored data could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +211,9 @@ pub enum EnrollOutcome {
         cert: SignedCert,
         /// It had already enrolled with this kernel boot id (an alert was recorded).
         same_boot: bool,
+        /// The boot environment whose script minted the token it used (see
+        /// `workflow::run::Event::Enrolled`).
+        via_env: Option<String>,
     },
     /// Contradictory evidence: held for an operator, token not consumed.
     Quarantined {
@@ -268,9 +275,10 @@ pub enum Cas {
 }
 
 /// The engine-neutral persistence interface. Concerns with their own tables add their methods
-/// as supertraits, each in its own file (`boot.rs`: [`BootStore`]).
+/// as supertraits, each in its own file (`boot.rs`: [`BootStore`], `workflow.rs`:
+/// [`WorkflowStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + BootStore + Send + Sync {
+pub trait Store: LeaseStore + BootStore + WorkflowStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 

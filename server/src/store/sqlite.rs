@@ -263,7 +263,7 @@ impl Store for SqliteStore {
 
     async fn insert_bootstrap_token(&self, t: &BootstrapTokenRecord) -> StoreResult<()> {
         // One INSERT for tokens: the boot store's, with no machine binding.
-        self.insert_boot_token(t, None).await
+        self.insert_boot_token(t, None, None).await
     }
 
     async fn list_bootstrap_tokens(
@@ -542,6 +542,15 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        let via_env = super::sqlite_workflow::token_boot_env(&mut tx, &input.token_hash).await?;
+        super::sqlite_workflow::record_boot(
+            &mut tx,
+            machine_id,
+            &input.boot_id,
+            via_env.as_deref(),
+            input.now,
+        )
+        .await?;
         tx.commit().await.map_err(db)?;
         Ok(EnrollOutcome::Enrolled {
             machine_id,
@@ -549,6 +558,7 @@ impl Store for SqliteStore {
             state,
             cert,
             same_boot,
+            via_env,
         })
     }
 

@@ -57,10 +57,12 @@ impl BootStore for SqliteStore {
             .map_err(db)?
             .map(|r| r.try_get::<String, _>("boot_env").map_err(db))
             .transpose()?;
+        let assigned_env = super::sqlite_workflow::assigned_boot_env(self, &id).await?;
         Ok(Some(BootMachine {
             id: parse_id(&id)?,
             matched_by,
             requested_env,
+            assigned_env,
         }))
     }
 
@@ -68,10 +70,11 @@ impl BootStore for SqliteStore {
         &self,
         t: &BootstrapTokenRecord,
         machine_id: Option<MachineId>,
+        boot_env: Option<&str>,
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO bootstrap_tokens (id, hash, uses_left, expires_at, mac, description, \
-             created_at, machine_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             created_at, machine_id, boot_env) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.hash)
@@ -81,6 +84,7 @@ impl BootStore for SqliteStore {
         .bind(&t.description)
         .bind(to_ms(t.created_at))
         .bind(machine_id.map(|m| m.to_string()))
+        .bind(boot_env)
         .execute(self.writer())
         .await
         .map_err(db)?;

@@ -2,6 +2,9 @@
 //!
 //! - [`plan`]: a workflow resolved and pinned at assignment.
 //! - [`run`]: the pure state machine every agent report, boot and operator action goes through.
+//! - [`service`]: the calls the API, agent API, boot service and enrollment make; each one
+//!   step committed with its effects in one store transaction.
 
 pub mod plan;
 pub mod run;
+pub mod service;

@@ -714,6 +714,31 @@ pub fn step(run: &mut Run, plan: &Plan, event: Event, ctx: &mut Ctx) -> Result<O
     Ok(out)
 }
 
+/// [`step`] at `now_ms` with random attempt ids: what the server does.
+pub fn step_at(
+    run: &mut Run,
+    plan: &Plan,
+    event: Event,
+    now_ms: i64,
+) -> Result<Outcome, StepError> {
+    let mut ids = Uuid::new_v4;
+    let mut ctx = Ctx {
+        now_ms,
+        new_attempt: &mut ids,
+    };
+    step(run, plan, event, &mut ctx)
+}
+
+/// [`Run::start`] at `now_ms` with random attempt ids.
+pub fn start_at(plan: &Plan, current: Option<(&str, &str)>, now_ms: i64) -> (Run, Outcome) {
+    let mut ids = Uuid::new_v4;
+    let mut ctx = Ctx {
+        now_ms,
+        new_attempt: &mut ids,
+    };
+    Run::start(plan, current, &mut ctx)
+}
+
 fn not_applicable(action: &'static str, run: &Run) -> StepError {
     StepError::NotApplicable {
         action,

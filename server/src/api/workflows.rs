@@ -1,0 +1,211 @@
+//! Operator API for workflows: assign one to a machine, see and steer its run, list job
+//! attempts and read their logs.
+
+use std::sync::Arc;
+
+use anneal_shared::api::{AssignWorkflow, JobAttempt, Problem, Role, WorkflowRun};
+use anneal_shared::content::ContentObject;
+use anneal_shared::MachineId;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::auth::Caller;
+use crate::app::App;
+use crate::problem::{ApiError, ApiJson, ApiPath};
+use crate::store::workflow::{AttemptRecord, RunRecord};
+use crate::store::StoreError;
+use crate::workflow::run::{Event, Phase};
+use crate::workflow::service;
+
+/// Response header carrying a job log's total length.
+pub const HEADER_LOG_LENGTH: &str = "x-anneal-log-length";
+
+/// The content a new run is resolved from: the newest applied version over the built-ins.
+pub async fn content(app: &App) -> Result<(i64, Vec<ContentObject>), StoreError> {
+    app.store.content_at(None).await
+}
+
+fn run_view(r: RunRecord) -> WorkflowRun {
+    let (reason, booting) = match &r.run.phase {
+        Phase::Failed { reason } => (Some(reason.clone()), None),
+        Phase::Booting { env, .. } => (None, Some(env.clone())),
+        _ => (None, None),
+    };
+    WorkflowRun {
+        id: r.id,
+        machine_id: r.machine_id,
+        workflow: r.plan.workflow.clone(),
+        content_version: r.plan.content_version,
+        stages: r.plan.stages.iter().map(|s| s.name.clone()).collect(),
+        stage: r.run.stage,
+        task: r.run.task,
+        phase: r.run.phase.name().to_string(),
+        reason,
+        booting,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+/// An attempt as the API shows it.
+pub fn attempt_view(a: AttemptRecord) -> JobAttempt {
+    JobAttempt {
+        id: a.id,
+        machine_id: a.machine_id,
+        run_id: a.run_id,
+        stage: a.stage_name,
+        task: a.task_name,
+        state: a.state.as_str().to_string(),
+        reason: a.reason,
+        exit_code: a.exit_code,
+        result: a.result,
+        created_at: a.created_at,
+        started_at: a.started_at,
+        finished_at: a.finished_at,
+        log_bytes: a.log_len,
+    }
+}
+
+/// Assign a workflow to a machine. A machine already running the first stage's boot
+/// environment starts at once; otherwise it is switched and rebooted into it.
+#[utoipa::path(put, path = "/api/v1/machines/{id}/workflow", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "machine id")),
+    request_body = AssignWorkflow,
+    responses((status = 200, body = WorkflowRun), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn assign(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<MachineId>,
+    ApiJson(req): ApiJson<AssignWorkflow>,
+) -> Result<Json<WorkflowRun>, ApiError> {
+    caller.require(Role::Operator)?;
+    let (version, objects) = content(&app).await?;
+    let current = app
+        .store
+        .current_boot(id)
+        .await?
+        .and_then(|(boot, env)| env.map(|e| (boot, e)));
+    let run = service::assign(
+        app.store.as_ref(),
+        id,
+        &req.workflow,
+        &objects,
+        version,
+        current,
+    )
+    .await?;
+    tracing::info!(machine_id = %id, workflow = %req.workflow, by = %caller.token_id, "workflow assigned");
+    Ok(Json(run_view(run)))
+}
+
+/// A machine's current workflow run.
+#[utoipa::path(get, path = "/api/v1/machines/{id}/workflow", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "machine id")),
+    responses((status = 200, body = WorkflowRun), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<MachineId>,
+) -> Result<Json<WorkflowRun>, ApiError> {
+    let run = app
+        .store
+        .current_run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("machine {id} has no workflow run")))?;
+    Ok(Json(run_view(run)))
+}
+
+/// Steer a machine's run: `retry` the failed task (or boot), `restart` from the first stage,
+/// `cancel`, or `continue` a stage that waits for an operator.
+#[utoipa::path(post, path = "/api/v1/machines/{id}/workflow/{action}", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "machine id"),
+           ("action" = String, Path, description = "retry, restart, cancel or continue")),
+    responses((status = 200, body = WorkflowRun), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn act(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((id, action)): ApiPath<(MachineId, String)>,
+) -> Result<Json<WorkflowRun>, ApiError> {
+    caller.require(Role::Operator)?;
+    let event = match action.as_str() {
+        "retry" => Event::Retry,
+        "restart" => Event::Restart,
+        "cancel" => Event::Cancel,
+        "continue" => Event::Continue,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no workflow action `{other}` (retry, restart, cancel, continue)"
+            )))
+        }
+    };
+    let run = service::operator(app.store.as_ref(), id, event).await?;
+    tracing::info!(machine_id = %id, action, by = %caller.token_id, "workflow action");
+    Ok(Json(run_view(run)))
+}
+
+/// Filters of the job list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct JobsQuery {
+    /// Only this machine's attempts.
+    pub machine: Option<Uuid>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// Job attempts, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "workflows", params(JobsQuery),
+    responses((status = 200, body = Vec<JobAttempt>)),
+    security(("bearer" = [])))]
+pub async fn jobs(
+    State(app): State<Arc<App>>,
+    Query(q): Query<JobsQuery>,
+) -> Result<Json<Vec<JobAttempt>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let list = app.store.list_attempts(q.machine, limit).await?;
+    Ok(Json(list.into_iter().map(attempt_view).collect()))
+}
+
+/// Where to read a log from.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Byte offset to start at (default 0).
+    pub offset: Option<u64>,
+    /// At most this many bytes (default and maximum 1 MiB).
+    pub max: Option<usize>,
+}
+
+/// A job attempt's log bytes from `offset`; the total length is in `x-anneal-log-length`, so
+/// a follower asks again from `offset + bytes received`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "attempt id"), LogQuery),
+    responses((status = 200, description = "log bytes", content_type = "application/octet-stream"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn log(
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<Uuid>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let max = q.max.unwrap_or(1 << 20).clamp(1, 1 << 20);
+    let (bytes, len) = app
+        .store
+        .read_log(id, q.offset.unwrap_or(0), max)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job attempt {id}")))?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        ),
+        (
+            HeaderName::from_static(HEADER_LOG_LENGTH),
+            HeaderValue::from(len),
+        ),
+    ];
+    Ok((headers, bytes).into_response())
+}

@@ -1,0 +1,298 @@
+//! Runs driven from the outside world: the operator API assigns and steers them, the boot
+//! service reports scripts served, enrollment reports new boots, and the agent API asks for
+//! work and reports attempts. Every call is one [`WorkflowStore::step_run`] (or `start_run`):
+//! the pure [`step`] applied and committed with its effects in one transaction.
+
+use std::time::Duration;
+
+use anneal_shared::protocol::{Job, JobWork, NextAction};
+use anneal_shared::MachineId;
+use time::OffsetDateTime;
+
+use super::plan::{self, Plan};
+use super::run::{start_at, step_at, Answer, AttemptId, Event, Phase, Run, StepError};
+use crate::store::workflow::{AttemptReport, AttemptState, RunRecord, Stepped};
+use crate::store::{Store, StoreError};
+
+/// How long an agent told to wait sleeps before asking again (a heartbeat saying `work` wakes
+/// it sooner).
+pub const WAIT_RETRY_SECS: u32 = 10;
+
+/// How often deadlines are checked.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a workflow call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such machine.
+    #[error("no machine {0}")]
+    NoMachine(MachineId),
+    /// The machine has no current workflow run.
+    #[error("machine {0} has no workflow run")]
+    NoRun(MachineId),
+    /// The workflow cannot be resolved from the current content.
+    #[error(transparent)]
+    Resolve(#[from] plan::ResolveError),
+    /// The event does not apply (stale attempt, operator action in the wrong phase).
+    #[error(transparent)]
+    Refused(#[from] StepError),
+}
+
+/// Apply `event` to the machine's current run. `Ok(None)`: no run.
+async fn apply(
+    store: &dyn Store,
+    machine: MachineId,
+    event: Event<'_>,
+    report: Option<&AttemptReport>,
+) -> Result<Option<Stepped>, WorkflowError> {
+    let now = OffsetDateTime::now_utc();
+    let now_ms = crate::store::to_ms(now);
+    let f = |run: &mut Run, plan: &Plan| step_at(run, plan, event.clone(), now_ms);
+    match store.step_run(machine, &f, report, now).await? {
+        None => Ok(None),
+        Some(Ok(stepped)) => {
+            log_step(&stepped);
+            Ok(Some(stepped))
+        }
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+fn log_step(s: &Stepped) {
+    if s.outcome.effects.is_empty() {
+        return;
+    }
+    let r = &s.record;
+    tracing::info!(
+        machine_id = %r.machine_id,
+        run = %r.id,
+        workflow = %r.plan.workflow,
+        stage = r.run.stage,
+        task = r.run.task,
+        phase = r.run.phase.name(),
+        effects = ?s.outcome.effects,
+        "workflow step"
+    );
+    if let Phase::Failed { reason } = &r.run.phase {
+        metrics::counter!("anneal_workflow_failures_total").increment(1);
+        tracing::warn!(machine_id = %r.machine_id, workflow = %r.plan.workflow, %reason, "workflow stopped");
+    }
+}
+
+/// Assign `workflow` (resolved from the newest content, built-ins included) to a machine,
+/// replacing (cancelling) any run it has. `current`: the machine's current boot id and the
+/// environment that boot came from, when known, so a machine already in the first stage's
+/// environment starts without a reboot.
+pub async fn assign(
+    store: &dyn Store,
+    machine: MachineId,
+    workflow: &str,
+    objects: &[anneal_shared::content::ContentObject],
+    content_version: i64,
+    current: Option<(String, String)>,
+) -> Result<RunRecord, WorkflowError> {
+    let plan = plan::resolve(objects, workflow, content_version)?;
+    let now = OffsetDateTime::now_utc();
+    let now_ms = crate::store::to_ms(now);
+    let make = |plan: &Plan| {
+        let cur = current.as_ref().map(|(b, e)| (b.as_str(), e.as_str()));
+        start_at(plan, cur, now_ms)
+    };
+    let cancel = |run: &mut Run, plan: &Plan| step_at(run, plan, Event::Cancel, now_ms);
+    let stepped = store
+        .start_run(machine, &plan, &make, &cancel, now)
+        .await?
+        .ok_or(WorkflowError::NoMachine(machine))?;
+    metrics::counter!("anneal_workflow_runs_total").increment(1);
+    tracing::info!(machine_id = %machine, run = %stepped.record.id, workflow, content_version, phase = stepped.record.run.phase.name(), "workflow assigned");
+    Ok(stepped.record)
+}
+
+/// The boot service served `env`'s script to the machine: it is booting again, so its last
+/// enrollment no longer says where it runs.
+pub async fn script_served(store: &dyn Store, machine: MachineId, env: &str) {
+    if let Err(e) = store.forget_boot(machine).await {
+        tracing::error!(machine_id = %machine, error = %e, "forgetting the machine's last boot failed");
+    }
+    if let Err(e) = apply(store, machine, Event::ScriptServed { env }, None).await {
+        tracing::error!(machine_id = %machine, env, error = %e, "recording a served script in the workflow failed");
+    }
+}
+
+/// The machine enrolled from `boot_id`, through a token minted by `via_env`'s script.
+pub async fn enrolled(store: &dyn Store, machine: MachineId, boot_id: &str, via_env: Option<&str>) {
+    let e = Event::Enrolled { boot_id, via_env };
+    if let Err(e) = apply(store, machine, e, None).await {
+        tracing::error!(machine_id = %machine, error = %e, "recording an enrollment in the workflow failed");
+    }
+}
+
+/// Whether the machine's current run wants its agent to ask `next`.
+pub async fn has_work(store: &dyn Store, machine: MachineId) -> Result<bool, StoreError> {
+    Ok(store.current_run(machine).await?.is_some_and(|r| {
+        !matches!(
+            r.run.phase,
+            Phase::Waiting | Phase::Failed { .. } | Phase::Done | Phase::Cancelled
+        )
+    }))
+}
+
+/// The agent (in `boot_id`) asks what to do next.
+pub async fn next(
+    store: &dyn Store,
+    machine: MachineId,
+    boot_id: &str,
+) -> Result<NextAction, WorkflowError> {
+    let Some(stepped) = apply(store, machine, Event::Ask { boot_id }, None).await? else {
+        return Ok(NextAction::Wait {
+            retry_secs: WAIT_RETRY_SECS * 6,
+        });
+    };
+    Ok(match stepped.outcome.answer {
+        Some(Answer::Job {
+            attempt,
+            stage,
+            task,
+        }) => match render(&stepped.record.plan, stage, task, attempt) {
+            Ok(job) => NextAction::Job(job),
+            Err(reason) => {
+                let e = Event::Unrenderable {
+                    attempt,
+                    reason: &reason,
+                };
+                apply(store, machine, e, None).await?;
+                NextAction::Wait {
+                    retry_secs: WAIT_RETRY_SECS,
+                }
+            }
+        },
+        Some(Answer::Reboot) => NextAction::Reboot,
+        Some(Answer::PowerOff) => NextAction::PowerOff,
+        Some(Answer::Done) => NextAction::Done,
+        Some(Answer::Wait) | None => NextAction::Wait {
+            retry_secs: WAIT_RETRY_SECS,
+        },
+    })
+}
+
+/// The job the agent runs for attempt `attempt` of (stage, task).
+fn render(plan: &Plan, stage: usize, task: usize, attempt: AttemptId) -> Result<Job, String> {
+    let st = plan
+        .stages
+        .get(stage)
+        .ok_or_else(|| format!("stage {stage} is not in the plan"))?;
+    let t = st
+        .tasks
+        .get(task)
+        .ok_or_else(|| format!("task {task} is not in stage `{}`", st.name))?;
+    let work = match (&t.script, &t.action) {
+        (Some(script), None) => JobWork::Script {
+            script: script.clone(),
+        },
+        (None, Some(name)) => JobWork::Action {
+            name: name.clone(),
+            args: t.args.clone().into_iter().collect(),
+        },
+        _ => return Err("a task needs exactly one of `script` and `action`".into()),
+    };
+    Ok(Job {
+        attempt,
+        workflow: plan.workflow.clone(),
+        stage: st.name.clone(),
+        task: t.name.clone(),
+        work,
+        timeout_secs: t.timeout_secs,
+        redact: Vec::new(),
+    })
+}
+
+/// The agent is about to start `attempt`. Err(Refused) when it must not.
+pub async fn started(
+    store: &dyn Store,
+    machine: MachineId,
+    attempt: AttemptId,
+) -> Result<(), WorkflowError> {
+    apply(store, machine, Event::Started { attempt }, None)
+        .await?
+        .ok_or(WorkflowError::NoRun(machine))?;
+    Ok(())
+}
+
+/// The agent reports `attempt`'s end. An exact repeat of a report already taken is accepted.
+pub async fn finished(
+    store: &dyn Store,
+    machine: MachineId,
+    report: &AttemptReport,
+    ok: bool,
+    reason: &str,
+) -> Result<(), WorkflowError> {
+    let attempt = report.attempt;
+    let e = Event::Finished {
+        attempt,
+        ok,
+        reason,
+    };
+    match apply(store, machine, e, Some(report)).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(WorkflowError::NoRun(machine)),
+        Err(WorkflowError::Refused(StepError::NotCurrent(a))) => {
+            // A retried report whose answer was lost: the attempt ended the same way already.
+            let same = store.get_attempt(a).await?.is_some_and(|rec| {
+                rec.machine_id == machine
+                    && match rec.state {
+                        AttemptState::Succeeded => ok,
+                        AttemptState::Failed => !ok,
+                        _ => false,
+                    }
+            });
+            if same {
+                Ok(())
+            } else {
+                Err(StepError::NotCurrent(a).into())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An operator action on the machine's current run.
+pub async fn operator(
+    store: &dyn Store,
+    machine: MachineId,
+    event: Event<'_>,
+) -> Result<RunRecord, WorkflowError> {
+    apply(store, machine, event, None)
+        .await?
+        .map(|s| s.record)
+        .ok_or(WorkflowError::NoRun(machine))
+}
+
+/// Check every active run's deadlines once.
+pub async fn tick_all(store: &dyn Store) -> Result<usize, StoreError> {
+    let machines = store.machines_with_active_runs().await?;
+    for m in &machines {
+        if let Err(e) = apply(store, *m, Event::Tick, None).await {
+            tracing::error!(machine_id = %m, error = %e, "workflow deadline check failed");
+        }
+    }
+    Ok(machines.len())
+}
+
+/// Run [`tick_all`] every [`TICK_INTERVAL`] until `stop` fires.
+pub async fn ticker(store: std::sync::Arc<dyn Store>, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(TICK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = tick_all(store.as_ref()).await {
+                    tracing::error!(error = %e, "workflow deadline check failed");
+                }
+            }
+        }
+    }
+}
