@@ -99,6 +99,17 @@ struct RunArgs {
     /// for the console.
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
+    /// The command a workflow's `reboot` runs (split on spaces). The discovery image passes
+    /// `reboot -f` (nothing to unmount in RAM).
+    #[arg(long, default_value = "reboot", value_name = "COMMAND")]
+    reboot_command: String,
+    /// The command a workflow's `power_off` runs (split on spaces).
+    #[arg(long, default_value = "poweroff", value_name = "COMMAND")]
+    poweroff_command: String,
+    /// Where job scripts are written before they run (default: the state directory, else
+    /// the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// Read the machine from this root instead of /.
     #[arg(long, default_value = "/")]
     sysroot: PathBuf,
@@ -212,7 +223,17 @@ fn run_config(a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock
         }
         None => Clock::system(),
     };
+    let split = |c: &str| c.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let jobs = runner::JobOptions {
+        work_dir: a
+            .work_dir
+            .or_else(|| a.state_dir.as_ref().map(|d| d.join("jobs")))
+            .unwrap_or_else(|| std::env::temp_dir().join("anneal-jobs")),
+        reboot: split(&a.reboot_command),
+        power_off: split(&a.poweroff_command),
+    };
     let opts = RunOptions {
+        jobs: Some(jobs),
         state_dir: a.state_dir,
         set_clock: a.set_clock.then(|| {
             std::sync::Arc::new(crate::clock::SystemRealtime)

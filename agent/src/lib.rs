@@ -4,6 +4,8 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod inventory;
+pub mod joblog;
+pub mod jobs;
 pub mod runner;
 pub mod simulate;
 pub mod state;

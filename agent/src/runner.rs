@@ -106,6 +106,19 @@ pub struct RunOptions {
     pub set_clock: Option<Arc<dyn ClockSetter>>,
     /// Keep a one-line description of what the agent does in this file.
     pub status_file: Option<PathBuf>,
+    /// Run workflow jobs (`None`: heartbeats only; tests of the enrollment paths).
+    pub jobs: Option<JobOptions>,
+}
+
+/// How workflow jobs run (see [`crate::jobs`]).
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// Where scripts are written.
+    pub work_dir: PathBuf,
+    /// The reboot command.
+    pub reboot: Vec<String>,
+    /// The power-off command.
+    pub power_off: Vec<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -114,6 +127,7 @@ impl std::fmt::Debug for RunOptions {
             .field("state_dir", &self.state_dir)
             .field("set_clock", &self.set_clock.is_some())
             .field("status_file", &self.status_file)
+            .field("jobs", &self.jobs)
             .finish()
     }
 }
@@ -149,6 +163,7 @@ pub async fn run_with(cfg: RunConfig, opts: RunOptions, clock: Arc<Clock>) -> Re
 
 struct Agent<'a> {
     cfg: RunConfig,
+    exec: Option<crate::jobs::Executor>,
     enroller: Enroller,
     clock: Arc<Clock>,
     state: Option<StateDir>,
@@ -166,7 +181,22 @@ impl<'a> Agent<'a> {
     ) -> Result<()> {
         let enroller = Enroller::new(&cfg.url, &cfg.ca_fingerprint, clock.clone())?;
         let boot_id = read_boot_id(&cfg);
+        let exec = opts.jobs.clone().map(|j| {
+            let c = cfg.clone();
+            let collect: crate::jobs::Collect = Box::new(move || {
+                let c = c.clone();
+                Box::pin(async move { collect(&c).await })
+            });
+            crate::jobs::Executor {
+                work_dir: j.work_dir,
+                collect: Some(collect),
+                actions: Default::default(),
+                reboot: j.reboot,
+                power_off: j.power_off,
+            }
+        });
         let mut agent = Agent {
+            exec,
             cfg,
             enroller,
             clock,
@@ -369,7 +399,9 @@ impl<'a> Agent<'a> {
                     )
                     .ok();
                     let awaiting = matches!(hb.directive, Directive::AwaitApproval);
+                    let mut pause = None;
                     match hb.directive {
+                        Directive::Work => pause = self.jobs(&session).await,
                         Directive::SendInventory if inventory_sent => {
                             inv = collect(&self.cfg).await;
                             inventory_sent = false;
@@ -388,7 +420,8 @@ impl<'a> Agent<'a> {
                     if self.cfg.once && inventory_sent {
                         return Ok(());
                     }
-                    jitter(Duration::from_secs(hb.interval_secs.max(1) as u64))
+                    let interval = Duration::from_secs(hb.interval_secs.max(1) as u64);
+                    jitter(pause.map_or(interval, |p: Duration| p.min(interval)))
                 }
                 Err(e) if e.identity_refused() => {
                     // Revoked or forgotten: only a new enrollment helps; with a used-up token
@@ -416,6 +449,24 @@ impl<'a> Agent<'a> {
                 }
             };
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Run the workflow's jobs until it has nothing more for now; how long to pause before the
+    /// next heartbeat, if sooner than usual.
+    async fn jobs(&mut self, session: &Session) -> Option<Duration> {
+        let exec = self.exec.as_ref()?;
+        match crate::jobs::drive(session, exec).await {
+            Ok(crate::jobs::Stop::Wait(d)) => Some(d),
+            Ok(crate::jobs::Stop::Done) => None,
+            Ok(stop @ (crate::jobs::Stop::Rebooting | crate::jobs::Stop::PoweringOff)) => {
+                tracing::info!(?stop, "waiting for the machine to go down");
+                Some(Duration::from_secs(30))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "workflow jobs interrupted; will ask again");
+                None
+            }
         }
     }
 

@@ -147,6 +147,7 @@ fn options(state: &Path, status: Option<&Path>) -> RunOptions {
         state_dir: Some(state.to_path_buf()),
         set_clock: None,
         status_file: status.map(Path::to_path_buf),
+        jobs: None,
     }
 }
 
@@ -570,6 +571,7 @@ async fn set_clock_asks_for_the_servers_time_once() {
             state_dir: Some(tmp.path().join("state")),
             set_clock: Some(recorder.clone()),
             status_file: None,
+            jobs: None,
         },
         clock.clone(),
     )

@@ -83,6 +83,19 @@ impl TestServer {
             .expect("client")
     }
 
+    /// GET an operator API path as the admin; the JSON answer (panics on a non-2xx status).
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let res = self
+            .http()
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("API request");
+        assert!(res.status().is_success(), "GET {path}: {}", res.status());
+        res.json().await.expect("JSON answer")
+    }
+
     /// A bootstrap token with `uses` uses, made through the API.
     pub async fn bootstrap_token(&self, uses: u32) -> String {
         let res = self

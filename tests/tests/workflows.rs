@@ -22,6 +22,21 @@ fn machine_hints() -> IdentityHints {
     h
 }
 
+/// The two built-in boot environments, as content.
+fn boot_envs() -> Vec<ContentObject> {
+    vec![
+        ContentObject::BootEnv(BootEnv {
+            name: "discovery".into(),
+            agent: true,
+            ..BootEnv::default()
+        }),
+        ContentObject::BootEnv(BootEnv {
+            name: "local".into(),
+            ..BootEnv::default()
+        }),
+    ]
+}
+
 fn script_task(name: &str) -> ContentObject {
     ContentObject::Task(Task {
         name: name.into(),
@@ -46,16 +61,8 @@ fn stage(name: &str, env: &str, tasks: &[&str], then: StageEnd) -> ContentObject
 /// The three-boot workflow: discovery stage with script tasks → reboot → a second
 /// stage in the discovery image → reboot → local boot.
 async fn apply_three_boot(server: &TestServer) {
-    let objects = vec![
-        ContentObject::BootEnv(BootEnv {
-            name: "discovery".into(),
-            agent: true,
-            ..BootEnv::default()
-        }),
-        ContentObject::BootEnv(BootEnv {
-            name: "local".into(),
-            ..BootEnv::default()
-        }),
+    let mut objects = boot_envs();
+    objects.extend([
         script_task("one"),
         script_task("two"),
         script_task("three"),
@@ -67,7 +74,7 @@ async fn apply_three_boot(server: &TestServer) {
             stages: vec!["first".into(), "second".into(), "last".into()],
             ..Workflow::default()
         }),
-    ];
+    ]);
     let out = server
         .running
         .app
@@ -379,4 +386,137 @@ async fn runs_survive_a_server_restart_and_an_interrupted_task_stops_for_an_oper
         "{stale}"
     );
     server.stop().await;
+}
+
+/// The real agent loop (`anneal-agent run`'s runner) takes a workflow assigned while it runs
+/// discovery: it runs the script (stdout and stderr in one log, in order), the built-in
+/// inventory action, a witness task, and runs its reboot command when the stage ends.
+#[tokio::test]
+async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
+    use anneal_agent::runner::{run_with, JobOptions, RunConfig, RunOptions};
+    let server = TestServer::start_with(|a| a.heartbeat_secs = Some(1)).await;
+    put_discovery(&server, b"kernel");
+    let work = tempfile::tempdir().unwrap();
+    let witness = work.path().join("witness");
+    let rebooted = work.path().join("rebooted");
+    let mut objects = boot_envs();
+    objects.extend([
+        ContentObject::Task(Task {
+            name: "talk".into(),
+            script: Some("echo one; echo two >&2; echo three; exit 0".into()),
+            timeout_secs: 60,
+            ..Task::default()
+        }),
+        ContentObject::Task(Task {
+            name: "inventory".into(),
+            action: Some("inventory".into()),
+            timeout_secs: 60,
+            idempotent: true,
+            ..Task::default()
+        }),
+        ContentObject::Task(Task {
+            name: "witness".into(),
+            script: Some(format!("echo ran >> {}", witness.display())),
+            timeout_secs: 60,
+            ..Task::default()
+        }),
+        stage(
+            "work",
+            "discovery",
+            &["talk", "inventory", "witness"],
+            StageEnd::Continue,
+        ),
+        stage("last", "local", &[], StageEnd::Continue),
+        ContentObject::Workflow(Workflow {
+            name: "agent-run".into(),
+            stages: vec!["work".into(), "last".into()],
+            ..Workflow::default()
+        }),
+    ]);
+    server
+        .running
+        .app
+        .store
+        .apply_content(&objects, &[])
+        .await
+        .unwrap();
+
+    // The machine (the QEMU machine captured in the agent's fixture) boots discovery; its
+    // agent enrolls with the script's token and idles.
+    let script = machine_script(&server, "52:54:00:b0:00:01", "", "efi").await;
+    let cfg = RunConfig {
+        url: server.api_url.clone(),
+        ca_fingerprint: server.fingerprint(),
+        token: token_of(&script),
+        sysroot: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../agent/tests/fixtures/uefi-virtio/root"),
+        run_tools: false,
+        lldp_listen: std::time::Duration::ZERO,
+        boot_id: Some("boot-1".into()),
+        once: false,
+    };
+    let opts = RunOptions {
+        jobs: Some(JobOptions {
+            work_dir: work.path().join("jobs"),
+            reboot: vec!["touch".into(), rebooted.display().to_string()],
+            power_off: vec!["false".into()],
+        }),
+        ..RunOptions::default()
+    };
+    let agent = tokio::spawn(run_with(cfg, opts, Clock::system()));
+    let machine = wait_for_machine(&server).await;
+    let run = assign(&server, machine, "agent-run").await;
+    assert_eq!(run.phase, "ready", "already in discovery: no reboot first");
+
+    for _ in 0..300 {
+        if rebooted.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        rebooted.exists(),
+        "the agent ran its reboot command: {:?}",
+        run_of(&server, machine).await
+    );
+    agent.abort();
+    let run = run_of(&server, machine).await;
+    assert_eq!(
+        (run.phase.as_str(), run.booting.as_deref()),
+        ("booting", Some("local"))
+    );
+    let jobs = jobs_of(&server, machine).await;
+    let by_task = |t: &str| {
+        jobs.iter()
+            .find(|j| j.task == t)
+            .unwrap_or_else(|| panic!("{t}: {jobs:?}"))
+    };
+    assert!(jobs.iter().all(|j| j.state == "succeeded"), "{jobs:?}");
+    assert_eq!(jobs.len(), 3);
+    let talk = log_of(&server, by_task("talk").id).await;
+    assert_eq!(String::from_utf8_lossy(&talk), "one\ntwo\nthree\n");
+    assert_eq!(by_task("talk").exit_code, Some(0));
+    let inv = by_task("inventory")
+        .result
+        .clone()
+        .expect("a structured result");
+    assert!(inv["disks"].as_u64().is_some(), "{inv}");
+    assert_eq!(
+        std::fs::read_to_string(&witness).unwrap(),
+        "ran\n",
+        "ran exactly once"
+    );
+    server.stop().await;
+}
+
+/// The one machine's id, once it has enrolled.
+async fn wait_for_machine(server: &TestServer) -> uuid::Uuid {
+    for _ in 0..200 {
+        let list = server.api_get("/api/v1/machines").await;
+        if let Some(id) = list[0]["id"].as_str() {
+            return id.parse().expect("uuid");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the agent never enrolled");
 }
