@@ -77,6 +77,37 @@ impl ApiClient {
         self.send(req).await
     }
 
+    /// PUT a JSON body, read a JSON answer.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let req = self.http.put(format!("{}{path}", self.base)).json(body);
+        self.send(req).await
+    }
+
+    /// GET raw bytes and one response header's value.
+    pub async fn get_bytes(&self, path: &str, header: &str) -> Result<(Vec<u8>, Option<String>)> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = res.status();
+        let value = res
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = res.bytes().await.context("reading the server's answer")?;
+        if !status.is_success() {
+            bail!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok((bytes.to_vec(), value))
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
         let res = req
             .bearer_auth(&self.token)

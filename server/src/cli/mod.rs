@@ -6,8 +6,8 @@ mod output;
 use std::path::PathBuf;
 
 use anneal_shared::api::{
-    BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, Machine, MachineSummary,
-    QuarantinedEnrollment,
+    AssignWorkflow, BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, JobAttempt,
+    Machine, MachineSummary, QuarantinedEnrollment, WorkflowRun,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -42,6 +42,13 @@ enum Command {
         conn: ClientOpts,
         #[command(subcommand)]
         command: TokensCmd,
+    },
+    /// Job attempts of workflows, and their logs.
+    Jobs {
+        #[command(flatten)]
+        conn: ClientOpts,
+        #[command(subcommand)]
+        command: JobsCmd,
     },
     /// Enrollments held back for conflicting identity evidence.
     Quarantine {
@@ -103,6 +110,47 @@ enum MachinesCmd {
     Revoke { id: String },
     /// Boot a known machine into the discovery image at its next PXE boot.
     Rediscover { id: String },
+    /// Assign a workflow to a machine (its current run, if any, is cancelled).
+    SetWorkflow {
+        id: String,
+        workflow: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show a machine's workflow run, or steer it: retry, restart, cancel, continue.
+    Workflow {
+        id: String,
+        #[arg(value_parser = ["retry", "restart", "cancel", "continue"])]
+        action: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCmd {
+    /// List job attempts, newest first.
+    Ls {
+        /// Only this machine's (id or unique id prefix).
+        #[arg(long)]
+        machine: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Print a job attempt's log.
+    Logs {
+        /// The attempt id.
+        attempt: uuid::Uuid,
+        /// Keep printing as the log grows, until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +208,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Machines { conn, command } => machines(ApiClient::new(&conn)?, command).await,
         Command::Tokens { conn, command } => tokens(ApiClient::new(&conn)?, command).await,
+        Command::Jobs { conn, command } => jobs(ApiClient::new(&conn)?, command).await,
         Command::Quarantine { conn, output } => {
             let q: Vec<QuarantinedEnrollment> =
                 ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
@@ -235,6 +284,84 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
             println!("machine {id} boots the discovery image at its next PXE boot");
             Ok(())
         }
+        MachinesCmd::SetWorkflow {
+            id,
+            workflow,
+            output,
+        } => {
+            let id = resolve_id(&api, &id).await?;
+            let body = AssignWorkflow { workflow };
+            let run: WorkflowRun = api
+                .put(&format!("/api/v1/machines/{id}/workflow"), &body)
+                .await?;
+            output::run(&run, output)
+        }
+        MachinesCmd::Workflow { id, action, output } => {
+            let id = resolve_id(&api, &id).await?;
+            let path = format!("/api/v1/machines/{id}/workflow");
+            let run: WorkflowRun = match action {
+                None => api.get(&path).await?,
+                Some(a) => {
+                    api.post(&format!("{path}/{a}"), &serde_json::json!({}))
+                        .await?
+                }
+            };
+            output::run(&run, output)
+        }
+    }
+}
+
+async fn jobs(api: ApiClient, cmd: JobsCmd) -> Result<()> {
+    match cmd {
+        JobsCmd::Ls {
+            machine,
+            limit,
+            output,
+        } => {
+            let mut path = format!("/api/v1/jobs?limit={limit}");
+            if let Some(m) = machine {
+                path += &format!("&machine={}", resolve_id(&api, &m).await?);
+            }
+            let list: Vec<JobAttempt> = api.get(&path).await?;
+            output::jobs(&list, output)
+        }
+        JobsCmd::Logs { attempt, follow } => follow_log(&api, attempt, follow).await,
+    }
+}
+
+/// Print a job's log from the start; with `follow`, poll for more until the attempt ended and
+/// everything it logged was printed.
+async fn follow_log(api: &ApiClient, attempt: uuid::Uuid, follow: bool) -> Result<()> {
+    use std::io::Write;
+    let mut offset = 0u64;
+    loop {
+        let path = format!("/api/v1/jobs/{attempt}/log?offset={offset}");
+        let (bytes, len) = api
+            .get_bytes(&path, crate::api::workflows::HEADER_LOG_LENGTH)
+            .await?;
+        std::io::stdout().write_all(&bytes)?;
+        std::io::stdout().flush()?;
+        offset += bytes.len() as u64;
+        let len: u64 = len.and_then(|l| l.parse().ok()).unwrap_or(offset);
+        if offset < len {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        let list: Vec<JobAttempt> = api.get("/api/v1/jobs?limit=1000").await?;
+        let ended = list
+            .iter()
+            .find(|j| j.id == attempt)
+            .is_none_or(|j| !matches!(j.state.as_str(), "created" | "running"));
+        if ended {
+            // One last read: bytes may have arrived just before the end was recorded.
+            let path = format!("/api/v1/jobs/{attempt}/log?offset={offset}");
+            let (bytes, _) = api.get_bytes(&path, "x-none").await?;
+            std::io::stdout().write_all(&bytes)?;
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

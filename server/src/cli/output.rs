@@ -1,7 +1,8 @@
 //! How the CLI prints: aligned tables for people, JSON or YAML for scripts.
 
 use anneal_shared::api::{
-    BootstrapToken, CreatedBootstrapToken, Machine, MachineSummary, QuarantinedEnrollment,
+    BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineSummary,
+    QuarantinedEnrollment, WorkflowRun,
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -332,6 +333,63 @@ pub fn created_token(t: &CreatedBootstrapToken, f: Format) -> Result<()> {
     eprintln!(
         "bootstrap token {}: {} use(s), expires {} (the secret above is not shown again)",
         t.info.id, t.info.uses_left, t.info.expires_at
+    );
+    Ok(())
+}
+
+/// `anneal machines workflow` and `set-workflow`.
+pub fn run(r: &WorkflowRun, f: Format) -> Result<()> {
+    if structured(r, f)? {
+        return Ok(());
+    }
+    println!(
+        "run {} of workflow {} (content version {})",
+        r.id, r.workflow, r.content_version
+    );
+    println!("machine  {}", r.machine_id);
+    println!("phase    {}", r.phase);
+    for (i, name) in r.stages.iter().enumerate() {
+        let mark = match i.cmp(&r.stage) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal if r.phase == "done" => "done",
+            std::cmp::Ordering::Equal => "now",
+            std::cmp::Ordering::Greater => "",
+        };
+        println!("  {:>2}. {name:<24} {mark}", i + 1);
+    }
+    if let Some(env) = &r.booting {
+        println!("booting  into `{env}`");
+    }
+    if let Some(reason) = &r.reason {
+        println!("reason   {reason}");
+    }
+    Ok(())
+}
+
+/// `anneal jobs ls`.
+pub fn jobs(list: &[JobAttempt], f: Format) -> Result<()> {
+    if structured(&list, f)? {
+        return Ok(());
+    }
+    table(
+        &[
+            "ATTEMPT", "MACHINE", "STAGE", "TASK", "STATE", "EXIT", "LOG", "CREATED", "REASON",
+        ],
+        list.iter()
+            .map(|j| {
+                vec![
+                    j.id.to_string(),
+                    j.machine_id.to_string()[..8].to_string(),
+                    j.stage.clone(),
+                    j.task.clone(),
+                    j.state.clone(),
+                    dash(j.exit_code.as_ref()),
+                    bytes(j.log_bytes),
+                    ago(Some(j.created_at)),
+                    dash(j.reason.as_ref()),
+                ]
+            })
+            .collect(),
     );
     Ok(())
 }
