@@ -1,8 +1,10 @@
 //! Helpers for end-to-end tests: a real `anneal serve` on loopback in a temporary data
 //! directory, and real agents (the agent crate's own client) talking to it over real TLS.
 
+pub mod link;
 pub mod pxe;
 pub mod rack;
+pub mod workflow;
 
 use std::sync::Arc;
 

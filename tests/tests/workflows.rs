@@ -4,11 +4,13 @@
 
 use anneal_agent::client::{ClientError, LogUpload, Session};
 use anneal_agent::clock::Clock;
-use anneal_shared::api::{JobAttempt, WorkflowRun};
-use anneal_shared::content::{BootEnv, ContentObject, Stage, StageEnd, Task, Workflow};
+use anneal_shared::content::{ContentObject, StageEnd, Task, Workflow};
 use anneal_shared::protocol::{AttemptResult, IdentityHints, Job, JobWork, NextAction, Nic};
 use anneal_shared::PROTOCOL_VERSION;
 use anneal_tests::pxe::{machine_script, put_discovery, token_of};
+use anneal_tests::workflow::{
+    assign, boot_envs, jobs_of, log_of, run_of, script_task, stage, wait_for_machine, FixtureAgent,
+};
 use anneal_tests::{hints, TestServer};
 
 const MAC: &str = "52:54:00:aa:00:01";
@@ -20,42 +22,6 @@ fn machine_hints() -> IdentityHints {
         bus: Some("pci".into()),
     });
     h
-}
-
-/// The two built-in boot environments, as content.
-fn boot_envs() -> Vec<ContentObject> {
-    vec![
-        ContentObject::BootEnv(BootEnv {
-            name: "discovery".into(),
-            agent: true,
-            ..BootEnv::default()
-        }),
-        ContentObject::BootEnv(BootEnv {
-            name: "local".into(),
-            ..BootEnv::default()
-        }),
-    ]
-}
-
-fn script_task(name: &str) -> ContentObject {
-    ContentObject::Task(Task {
-        name: name.into(),
-        script: Some(format!("echo {name}")),
-        timeout_secs: 60,
-        ..Task::default()
-    })
-}
-
-fn stage(name: &str, env: &str, tasks: &[&str], then: StageEnd) -> ContentObject {
-    ContentObject::Stage(Stage {
-        name: name.into(),
-        boot_env: env.into(),
-        tasks: tasks.iter().map(|t| t.to_string()).collect(),
-        then,
-        boot_timeout_secs: 600,
-        deadline_secs: 3600,
-        ..Stage::default()
-    })
 }
 
 /// The three-boot workflow: discovery stage with script tasks → reboot → a second
@@ -95,63 +61,6 @@ async fn pxe_boot_into_discovery(server: &TestServer, boot_id: &str) -> Session 
         .enroll(&token_of(&script), machine_hints(), boot_id, "host")
         .await
         .expect("enrollment from the discovery script")
-}
-
-async fn assign(server: &TestServer, machine: uuid::Uuid, workflow: &str) -> WorkflowRun {
-    let res = server
-        .http()
-        .put(format!(
-            "{}/api/v1/machines/{machine}/workflow",
-            server.api_url
-        ))
-        .bearer_auth(&server.admin_token)
-        .json(&serde_json::json!({ "workflow": workflow }))
-        .send()
-        .await
-        .expect("assign");
-    assert_eq!(res.status(), 200);
-    res.json().await.expect("run")
-}
-
-async fn run_of(server: &TestServer, machine: uuid::Uuid) -> WorkflowRun {
-    server
-        .http()
-        .get(format!(
-            "{}/api/v1/machines/{machine}/workflow",
-            server.api_url
-        ))
-        .bearer_auth(&server.admin_token)
-        .send()
-        .await
-        .expect("run")
-        .json()
-        .await
-        .expect("run json")
-}
-
-async fn jobs_of(server: &TestServer, machine: uuid::Uuid) -> Vec<JobAttempt> {
-    server
-        .http()
-        .get(format!("{}/api/v1/jobs?machine={machine}", server.api_url))
-        .bearer_auth(&server.admin_token)
-        .send()
-        .await
-        .expect("jobs")
-        .json()
-        .await
-        .expect("jobs json")
-}
-
-async fn log_of(server: &TestServer, attempt: uuid::Uuid) -> Vec<u8> {
-    let res = server
-        .http()
-        .get(format!("{}/api/v1/jobs/{attempt}/log", server.api_url))
-        .bearer_auth(&server.admin_token)
-        .send()
-        .await
-        .expect("log");
-    assert_eq!(res.status(), 200);
-    res.bytes().await.expect("bytes").to_vec()
 }
 
 fn expect_job(action: NextAction) -> Job {
@@ -393,12 +302,10 @@ async fn runs_survive_a_server_restart_and_an_interrupted_task_stops_for_an_oper
 /// inventory action, a witness task, and runs its reboot command when the stage ends.
 #[tokio::test]
 async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
-    use anneal_agent::runner::{run_with, JobOptions, RunConfig, RunOptions};
     let server = TestServer::start_with(|a| a.heartbeat_secs = Some(1)).await;
     put_discovery(&server, b"kernel");
     let work = tempfile::tempdir().unwrap();
     let witness = work.path().join("witness");
-    let rebooted = work.path().join("rebooted");
     let mut objects = boot_envs();
     objects.extend([
         ContentObject::Task(Task {
@@ -441,29 +348,8 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
         .await
         .unwrap();
 
-    // The machine (the QEMU machine captured in the agent's fixture) boots discovery; its
-    // agent enrolls with the script's token and idles.
-    let script = machine_script(&server, "52:54:00:b0:00:01", "", "efi").await;
-    let cfg = RunConfig {
-        url: server.api_url.clone(),
-        ca_fingerprint: server.fingerprint(),
-        token: token_of(&script),
-        sysroot: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../agent/tests/fixtures/uefi-virtio/root"),
-        run_tools: false,
-        lldp_listen: std::time::Duration::ZERO,
-        boot_id: Some("boot-1".into()),
-        once: false,
-    };
-    let opts = RunOptions {
-        jobs: Some(JobOptions {
-            work_dir: work.path().join("jobs"),
-            reboot: vec!["touch".into(), rebooted.display().to_string()],
-            power_off: vec!["false".into()],
-        }),
-        ..RunOptions::default()
-    };
-    let agent = tokio::spawn(run_with(cfg, opts, Clock::system()));
+    let agent = FixtureAgent::boot(&server, work.path()).await;
+    let rebooted = agent.rebooted.clone();
     let machine = wait_for_machine(&server).await;
     let run = assign(&server, machine, "agent-run").await;
     assert_eq!(run.phase, "ready", "already in discovery: no reboot first");
@@ -479,7 +365,7 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
         "the agent ran its reboot command: {:?}",
         run_of(&server, machine).await
     );
-    agent.abort();
+    drop(agent);
     let run = run_of(&server, machine).await;
     assert_eq!(
         (run.phase.as_str(), run.booting.as_deref()),
@@ -507,16 +393,4 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
         "ran exactly once"
     );
     server.stop().await;
-}
-
-/// The one machine's id, once it has enrolled.
-async fn wait_for_machine(server: &TestServer) -> uuid::Uuid {
-    for _ in 0..200 {
-        let list = server.api_get("/api/v1/machines").await;
-        if let Some(id) = list[0]["id"].as_str() {
-            return id.parse().expect("uuid");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the agent never enrolled");
 }

@@ -1,0 +1,176 @@
+//! Helpers for workflow tests over loopback: content, and the operator API's workflow calls.
+
+use anneal_shared::api::{JobAttempt, WorkflowRun};
+use anneal_shared::content::{BootEnv, ContentObject, Stage, StageEnd, Task};
+
+use crate::TestServer;
+
+/// The two built-in boot environments, as content.
+pub fn boot_envs() -> Vec<ContentObject> {
+    vec![
+        ContentObject::BootEnv(BootEnv {
+            name: "discovery".into(),
+            agent: true,
+            ..BootEnv::default()
+        }),
+        ContentObject::BootEnv(BootEnv {
+            name: "local".into(),
+            ..BootEnv::default()
+        }),
+    ]
+}
+
+/// A task running `echo NAME`.
+pub fn script_task(name: &str) -> ContentObject {
+    ContentObject::Task(Task {
+        name: name.into(),
+        script: Some(format!("echo {name}")),
+        timeout_secs: 60,
+        ..Task::default()
+    })
+}
+
+/// A stage with generous timeouts.
+pub fn stage(name: &str, env: &str, tasks: &[&str], then: StageEnd) -> ContentObject {
+    ContentObject::Stage(Stage {
+        name: name.into(),
+        boot_env: env.into(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        then,
+        boot_timeout_secs: 600,
+        deadline_secs: 3600,
+        ..Stage::default()
+    })
+}
+
+/// Assign a workflow through the API.
+pub async fn assign(server: &TestServer, machine: uuid::Uuid, workflow: &str) -> WorkflowRun {
+    let res = server
+        .http()
+        .put(format!(
+            "{}/api/v1/machines/{machine}/workflow",
+            server.api_url
+        ))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({ "workflow": workflow }))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("run")
+}
+
+/// The machine's current run.
+pub async fn run_of(server: &TestServer, machine: uuid::Uuid) -> WorkflowRun {
+    server
+        .http()
+        .get(format!(
+            "{}/api/v1/machines/{machine}/workflow",
+            server.api_url
+        ))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .expect("run")
+        .json()
+        .await
+        .expect("run json")
+}
+
+/// The machine's job attempts, newest first.
+pub async fn jobs_of(server: &TestServer, machine: uuid::Uuid) -> Vec<JobAttempt> {
+    server
+        .http()
+        .get(format!("{}/api/v1/jobs?machine={machine}", server.api_url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .expect("jobs")
+        .json()
+        .await
+        .expect("jobs json")
+}
+
+/// An attempt's whole log.
+pub async fn log_of(server: &TestServer, attempt: uuid::Uuid) -> Vec<u8> {
+    let res = server
+        .http()
+        .get(format!("{}/api/v1/jobs/{attempt}/log", server.api_url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .expect("log");
+    assert_eq!(res.status(), 200);
+    res.bytes().await.expect("bytes").to_vec()
+}
+
+/// The one machine's id, once it has enrolled.
+pub async fn wait_for_machine(server: &TestServer) -> uuid::Uuid {
+    for _ in 0..200 {
+        let list = server.api_get("/api/v1/machines").await;
+        if let Some(id) = list[0]["id"].as_str() {
+            return id.parse().expect("uuid");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the agent never enrolled");
+}
+
+/// The real agent runner (`anneal-agent run`) for the QEMU machine captured in the agent's
+/// fixture, after a PXE boot into discovery: it enrolls with the token of the script the
+/// server served, then heartbeats and takes jobs. Its reboot command touches a file. Dropping
+/// it stops the agent.
+pub struct FixtureAgent {
+    /// Exists once the agent ran its reboot command.
+    pub rebooted: std::path::PathBuf,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl FixtureAgent {
+    /// The fixture machine's boot MAC.
+    pub const MAC: &'static str = "52:54:00:b0:00:01";
+
+    /// Boot it into discovery and start its agent, with scripts under `work`.
+    pub async fn boot(server: &TestServer, work: &std::path::Path) -> FixtureAgent {
+        use anneal_agent::runner::{run_with, JobOptions, RunConfig, RunOptions};
+        let script = crate::pxe::machine_script(server, Self::MAC, "", "efi").await;
+        let rebooted = work.join("rebooted");
+        let cfg = RunConfig {
+            url: server.api_url.clone(),
+            ca_fingerprint: server.fingerprint(),
+            token: crate::pxe::token_of(&script),
+            sysroot: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../agent/tests/fixtures/uefi-virtio/root"),
+            run_tools: false,
+            lldp_listen: std::time::Duration::ZERO,
+            boot_id: Some("boot-1".into()),
+            once: false,
+        };
+        let opts = RunOptions {
+            jobs: Some(JobOptions {
+                work_dir: work.join("jobs"),
+                reboot: vec!["touch".into(), rebooted.display().to_string()],
+                power_off: vec!["false".into()],
+            }),
+            ..RunOptions::default()
+        };
+        let task = tokio::spawn(run_with(cfg, opts, anneal_agent::clock::Clock::system()));
+        FixtureAgent { rebooted, task }
+    }
+
+    /// Wait up to `secs` for the reboot command to have run.
+    pub async fn wait_for_reboot(&self, secs: u64) {
+        for _ in 0..secs * 10 {
+            if self.rebooted.exists() || self.task.is_finished() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for FixtureAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

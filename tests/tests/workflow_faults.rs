@@ -1,0 +1,100 @@
+//! Workflows under faults over loopback: the agent's link dropped while a job runs.
+//! (Server restarts and power loss under a task are in `workflows.rs`.)
+
+use anneal_shared::content::{ContentObject, StageEnd, Task, Workflow};
+use anneal_tests::link::Link;
+use anneal_tests::pxe::put_discovery;
+use anneal_tests::workflow::{
+    assign, boot_envs, jobs_of, log_of, stage, wait_for_machine, FixtureAgent,
+};
+use anneal_tests::TestServer;
+
+/// The agent's link to the agent API is cut for three seconds while a job prints: the job
+/// still runs exactly once, its output is buffered, and the log arrives whole and in order
+/// once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_link_delays_a_job_but_loses_no_byte_of_its_log() {
+    // The agent API listens on 127.0.0.2; agents are sent to 127.0.0.1 at the same port,
+    // where the cuttable link forwards to it.
+    let server = TestServer::start_with(|a| {
+        a.heartbeat_secs = Some(1);
+        a.agent_listen = Some("127.0.0.2:0".parse().expect("addr"));
+    })
+    .await;
+    let real = server.running.agent_addr;
+    let front = format!("127.0.0.1:{}", real.port()).parse().expect("addr");
+    let link = Link::start(front, real)
+        .await
+        .expect("the same port on 127.0.0.1 is free");
+    put_discovery(&server, b"kernel");
+    let work = tempfile::tempdir().unwrap();
+    let witness = work.path().join("witness");
+    let lines = 60;
+    let mut objects = boot_envs();
+    objects.extend([
+        ContentObject::Task(Task {
+            name: "count".into(),
+            script: Some(format!(
+                "echo ran >> {}\ni=1\nwhile [ $i -le {lines} ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
+                witness.display()
+            )),
+            timeout_secs: 120,
+            ..Task::default()
+        }),
+        stage("work", "discovery", &["count"], StageEnd::Continue),
+        stage("last", "local", &[], StageEnd::Continue),
+        ContentObject::Workflow(Workflow {
+            name: "count".into(),
+            stages: vec!["work".into(), "last".into()],
+            ..Workflow::default()
+        }),
+    ]);
+    server
+        .running
+        .app
+        .store
+        .apply_content(&objects, &[])
+        .await
+        .unwrap();
+    let agent = FixtureAgent::boot(&server, work.path()).await;
+    let machine = wait_for_machine(&server).await;
+    assign(&server, machine, "count").await;
+
+    // Cut as soon as the job runs, for three seconds (the script takes three in all).
+    let mut running = false;
+    for _ in 0..300 {
+        let jobs = jobs_of(&server, machine).await;
+        if jobs.first().is_some_and(|j| j.state == "running") {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(running, "the job started");
+    link.cut();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    link.restore();
+
+    agent.wait_for_reboot(60).await;
+    assert!(
+        agent.rebooted.exists(),
+        "the workflow went on to its reboot"
+    );
+    assert!(
+        link.refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the agent tried while the link was down"
+    );
+    let jobs = jobs_of(&server, machine).await;
+    assert_eq!(jobs.len(), 1, "one attempt: {jobs:?}");
+    assert_eq!(jobs[0].state, "succeeded");
+    let expected: String = (1..=lines).map(|i| format!("line {i}\n")).collect();
+    let log = log_of(&server, jobs[0].id).await;
+    assert_eq!(String::from_utf8_lossy(&log), expected);
+    assert_eq!(
+        std::fs::read_to_string(&witness).unwrap(),
+        "ran\n",
+        "ran exactly once"
+    );
+    drop(agent);
+    server.stop().await;
+}
