@@ -326,8 +326,7 @@ pub fn render_task(
         None => None,
     };
     let args = template::map_args(&task.args, |path, s| renderer.render(path, s)).map_err(fail)?;
-    // Longest first, so a secret containing another is replaced whole.
-    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    secrets.sort();
     secrets.dedup();
     Ok(RenderedTask {
         name: task.name.clone(),
@@ -423,8 +422,10 @@ impl<'a> Renderer<'a> {
             Err(e) => e,
         };
         // Strict mode stops at the first undefined value it prints or uses, so the last lookup
-        // that missed (during this render) is the one that failed.
-        let last = self.last_miss(before);
+        // that missed (during this render) is the one that failed — if the failing expression
+        // names it; a miss tested with `is defined` earlier is not.
+        let failed = e.range().and_then(|r| source.get(r)).unwrap_or_default();
+        let last = (self.last_miss(before)).filter(|m| failed.contains(m.key.as_str()));
         match last {
             Some(Miss { map: "params", key })
                 if e.kind() == minijinja::ErrorKind::UndefinedError =>

@@ -289,6 +289,26 @@ fn a_used_param_without_a_value_fails_naming_it_never_renders_empty() {
         e.starts_with(r#"task "wipe": script: undefined value"#),
         "{e}"
     );
+    // A param tested with `is defined` is not blamed for a later undefined value.
+    let e = render_error(
+        &set,
+        json!({}),
+        "{% if params.note is defined %}x{% endif %}\n{{ nothing }}",
+        &["note"],
+    );
+    assert!(
+        e.starts_with(r#"task "wipe": script: undefined value"#),
+        "{e}"
+    );
+    assert!(e.contains("(line 2)"), "{e}");
+    // Nor for a later error of another kind.
+    let e = render_error(
+        &set,
+        json!({}),
+        "{{ params[\"note\"] is defined }}{{ 1 // 0 }}",
+        &["note"],
+    );
+    assert!(!e.contains("note"), "{e}");
 }
 
 #[test]

@@ -65,13 +65,14 @@ impl ContentSet {
             Some(o) => self.origins.insert(key.clone(), o),
             None => self.origins.remove(&key),
         };
-        match object {
-            ContentObject::BootEnv(o) => self.boot_envs.insert(key.1, o).map(|_| ()),
-            ContentObject::Task(o) => self.tasks.insert(key.1, o).map(|_| ()),
-            ContentObject::Stage(o) => self.stages.insert(key.1, o).map(|_| ()),
-            ContentObject::Workflow(o) => self.workflows.insert(key.1, o).map(|_| ()),
-            ContentObject::Profile(o) => self.profiles.insert(key.1, o).map(|_| ()),
-            ContentObject::Param(o) => self.params.insert(key.1, o).map(|_| ()),
+        // Replacing is the point here (merge); `insert` checked for duplicates before.
+        let _replaced = match object {
+            ContentObject::BootEnv(o) => self.boot_envs.insert(key.1, o).is_some(),
+            ContentObject::Task(o) => self.tasks.insert(key.1, o).is_some(),
+            ContentObject::Stage(o) => self.stages.insert(key.1, o).is_some(),
+            ContentObject::Workflow(o) => self.workflows.insert(key.1, o).is_some(),
+            ContentObject::Profile(o) => self.profiles.insert(key.1, o).is_some(),
+            ContentObject::Param(o) => self.params.insert(key.1, o).is_some(),
         };
     }
 
