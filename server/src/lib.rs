@@ -8,6 +8,7 @@ pub mod app;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod dhcp;
 pub mod enroll;
 pub mod heartbeat;
