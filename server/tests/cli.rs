@@ -226,5 +226,113 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
         unreachable.stderr
     );
 
+    // Workflow content as code, then a workflow on the machine.
+    let good = dir.path().join("content");
+    std::fs::create_dir_all(good.join("tasks")).unwrap();
+    std::fs::write(
+        good.join("tasks/hello.yaml"),
+        "kind: param\nname: greeting\ntype: string\ndefault: hi\n---\n\
+         kind: task\nname: hello\nscript: echo {{ params[\"greeting\"] }}\nparams: [greeting]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        good.join("workflows.yml"),
+        "kind: stage\nname: greet\nboot_env: discovery\ntasks: [hello]\n---\n\
+         kind: workflow\nname: greet\nstages: [greet, local-boot]\n",
+    )
+    .unwrap();
+    let arg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let good_s = good.display().to_string();
+    let dry = run(arg(&["apply", "-f", &good_s, "--dry-run"]))
+        .await
+        .unwrap();
+    assert!(dry.ok, "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("workflow greet") && dry.stdout.contains("would be created"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("dry run: nothing changed (content version 0)"),
+        "{}",
+        dry.stdout
+    );
+    let applied = run(arg(&["apply", "-f", &good_s])).await.unwrap();
+    assert!(applied.ok, "{}", applied.stderr);
+    assert!(
+        applied.stdout.contains("content version 1"),
+        "{}",
+        applied.stdout
+    );
+    let again = run(arg(&["apply", "-f", &good_s])).await.unwrap();
+    assert!(
+        again.stdout.contains("unchanged") && again.stdout.contains("content version 1"),
+        "{}",
+        again.stdout
+    );
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("tasks.yaml"),
+        "kind: task\nname: wipe\nscript: 'true'\ntimout_secs: 5\n---\nkind: stage\nname: s\nboot_env: nowhere\n",
+    )
+    .unwrap();
+    let refused = run(arg(&["apply", "-f", &bad.display().to_string()]))
+        .await
+        .unwrap();
+    assert!(!refused.ok, "invalid content is refused");
+    assert!(
+        refused.stderr.contains("bad/tasks.yaml") && refused.stderr.contains("timout_secs"),
+        "{}",
+        refused.stderr
+    );
+
+    let workflows = run(arg(&["workflows", "ls"])).await.unwrap();
+    assert!(workflows.ok, "{}", workflows.stderr);
+    assert!(
+        workflows.stdout.contains("greet → local-boot"),
+        "{}",
+        workflows.stdout
+    );
+    assert!(
+        workflows.stdout.contains("built-in"),
+        "{}",
+        workflows.stdout
+    );
+
+    let id = machine_id.to_string();
+    let set = run(arg(&["machines", "set-workflow", &id, "greet"]))
+        .await
+        .unwrap();
+    assert!(set.ok, "{}", set.stderr);
+    assert!(
+        set.stdout.contains("phase    booting") && set.stdout.contains("into `discovery`"),
+        "{}",
+        set.stdout
+    );
+    let unknown = run(arg(&["machines", "set-workflow", &id, "nope"]))
+        .await
+        .unwrap();
+    assert!(
+        !unknown.ok && unknown.stderr.contains("no such workflow"),
+        "{}",
+        unknown.stderr
+    );
+    let cancel = run(arg(&["machines", "workflow", &id, "cancel"]))
+        .await
+        .unwrap();
+    assert!(
+        cancel.stdout.contains("phase    cancelled"),
+        "{}{}",
+        cancel.stdout,
+        cancel.stderr
+    );
+    let jobs = run(arg(&["jobs", "ls", "--machine", &id[..8]]))
+        .await
+        .unwrap();
+    assert!(jobs.ok, "{}", jobs.stderr);
+
     running.stop().await;
 }

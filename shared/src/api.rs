@@ -248,3 +248,57 @@ pub struct JobAttempt {
     /// Bytes of log stored (`GET /api/v1/jobs/{id}/log`).
     pub log_bytes: u64,
 }
+
+/// One content file as sent by `anneal apply -f`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContentFile {
+    /// The path it was read from (named in every error about it).
+    pub path: String,
+    /// Its YAML.
+    pub text: String,
+}
+
+/// `POST /api/v1/content`: create or update every object in these files, as one new content
+/// version. Runs under way keep the version they were assigned with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApplyContent {
+    pub files: Vec<ContentFile>,
+    /// Check and report only; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What applying did to one object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppliedObject {
+    pub kind: crate::content::Kind,
+    pub name: String,
+    /// `created`, `updated` or `unchanged` (with `dry_run`: what would happen).
+    pub action: String,
+}
+
+/// The answer to [`ApplyContent`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApplyReport {
+    /// The content version now (unchanged when nothing changed).
+    pub version: i64,
+    pub dry_run: bool,
+    pub objects: Vec<AppliedObject>,
+}
+
+/// A workflow as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkflowSummary {
+    pub name: String,
+    pub description: String,
+    pub stages: Vec<String>,
+    /// Contains a task that destroys data.
+    pub destructive: bool,
+    /// Defined by the server, not by applied content.
+    pub builtin: bool,
+}

@@ -1,24 +1,9 @@
 //! Helpers for workflow tests over loopback: content, and the operator API's workflow calls.
 
 use anneal_shared::api::{JobAttempt, WorkflowRun};
-use anneal_shared::content::{BootEnv, ContentObject, Stage, StageEnd, Task};
+use anneal_shared::content::{ContentObject, Stage, StageEnd, Task};
 
 use crate::TestServer;
-
-/// The two built-in boot environments, as content.
-pub fn boot_envs() -> Vec<ContentObject> {
-    vec![
-        ContentObject::BootEnv(BootEnv {
-            name: "discovery".into(),
-            agent: true,
-            ..BootEnv::default()
-        }),
-        ContentObject::BootEnv(BootEnv {
-            name: "local".into(),
-            ..BootEnv::default()
-        }),
-    ]
-}
 
 /// A task running `echo NAME`.
 pub fn script_task(name: &str) -> ContentObject {

@@ -4,9 +4,7 @@
 use anneal_shared::content::{ContentObject, StageEnd, Task, Workflow};
 use anneal_tests::link::Link;
 use anneal_tests::pxe::put_discovery;
-use anneal_tests::workflow::{
-    assign, boot_envs, jobs_of, log_of, stage, wait_for_machine, FixtureAgent,
-};
+use anneal_tests::workflow::{assign, jobs_of, log_of, stage, wait_for_machine, FixtureAgent};
 use anneal_tests::TestServer;
 
 /// The agent's link to the agent API is cut for three seconds while a job prints: the job
@@ -30,8 +28,7 @@ async fn a_dropped_link_delays_a_job_but_loses_no_byte_of_its_log() {
     let work = tempfile::tempdir().unwrap();
     let witness = work.path().join("witness");
     let lines = 60;
-    let mut objects = boot_envs();
-    objects.extend([
+    let objects = vec![
         ContentObject::Task(Task {
             name: "count".into(),
             script: Some(format!(
@@ -48,7 +45,7 @@ async fn a_dropped_link_delays_a_job_but_loses_no_byte_of_its_log() {
             stages: vec!["work".into(), "last".into()],
             ..Workflow::default()
         }),
-    ]);
+    ];
     server
         .running
         .app

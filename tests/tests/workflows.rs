@@ -9,7 +9,7 @@ use anneal_shared::protocol::{AttemptResult, IdentityHints, Job, JobWork, NextAc
 use anneal_shared::PROTOCOL_VERSION;
 use anneal_tests::pxe::{machine_script, put_discovery, token_of};
 use anneal_tests::workflow::{
-    assign, boot_envs, jobs_of, log_of, run_of, script_task, stage, wait_for_machine, FixtureAgent,
+    assign, jobs_of, log_of, run_of, script_task, stage, wait_for_machine, FixtureAgent,
 };
 use anneal_tests::{hints, TestServer};
 
@@ -27,8 +27,7 @@ fn machine_hints() -> IdentityHints {
 /// The three-boot workflow: discovery stage with script tasks → reboot → a second
 /// stage in the discovery image → reboot → local boot.
 async fn apply_three_boot(server: &TestServer) {
-    let mut objects = boot_envs();
-    objects.extend([
+    let objects = vec![
         script_task("one"),
         script_task("two"),
         script_task("three"),
@@ -40,7 +39,7 @@ async fn apply_three_boot(server: &TestServer) {
             stages: vec!["first".into(), "second".into(), "last".into()],
             ..Workflow::default()
         }),
-    ]);
+    ];
     let out = server
         .running
         .app
@@ -306,8 +305,7 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
     put_discovery(&server, b"kernel");
     let work = tempfile::tempdir().unwrap();
     let witness = work.path().join("witness");
-    let mut objects = boot_envs();
-    objects.extend([
+    let objects = vec![
         ContentObject::Task(Task {
             name: "talk".into(),
             script: Some("echo one; echo two >&2; echo three; exit 0".into()),
@@ -339,7 +337,7 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
             stages: vec!["work".into(), "last".into()],
             ..Workflow::default()
         }),
-    ]);
+    ];
     server
         .running
         .app

@@ -42,6 +42,13 @@ impl From<WorkflowError> for ApiError {
                 ))
             }
             WorkflowError::Refused(e) => ApiError::conflict(e.to_string()),
+            // Applied content is validated first, so this is a damaged store or an upgrade
+            // whose built-ins clash with it: the operator must see the list.
+            WorkflowError::Content(e) => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid-stored-content",
+                format!("the stored workflow content no longer validates: {e}"),
+            ),
         }
     }
 }

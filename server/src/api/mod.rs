@@ -4,6 +4,7 @@
 
 mod auth;
 mod boot;
+mod content;
 mod machines;
 mod tokens;
 pub mod workflows;
@@ -40,6 +41,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/machines/{id}/workflow/{action}",
             post(workflows::act),
         )
+        .route("/api/v1/content", post(content::apply))
+        .route("/api/v1/workflows", get(content::list))
         .route("/api/v1/jobs", get(workflows::jobs))
         .route("/api/v1/jobs/{id}/log", get(workflows::log))
         .layer(middleware::from_fn_with_state(
@@ -62,6 +65,8 @@ pub fn router(app: Arc<App>) -> Router {
         machines::quarantine,
         tokens::create,
         tokens::list,
+        content::apply,
+        content::list,
         workflows::assign,
         workflows::show,
         workflows::act,

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use anneal_shared::api::{AssignWorkflow, JobAttempt, Problem, Role, WorkflowRun};
-use anneal_shared::content::ContentObject;
 use anneal_shared::MachineId;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue};
@@ -17,17 +16,11 @@ use super::auth::Caller;
 use crate::app::App;
 use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::store::workflow::{AttemptRecord, RunRecord};
-use crate::store::StoreError;
 use crate::workflow::run::{Event, Phase};
 use crate::workflow::service;
 
 /// Response header carrying a job log's total length.
 pub const HEADER_LOG_LENGTH: &str = "x-anneal-log-length";
-
-/// The content a new run is resolved from: the newest applied version over the built-ins.
-pub async fn content(app: &App) -> Result<(i64, Vec<ContentObject>), StoreError> {
-    app.store.content_at(None).await
-}
 
 fn run_view(r: RunRecord) -> WorkflowRun {
     let (reason, booting) = match &r.run.phase {
@@ -84,21 +77,12 @@ pub async fn assign(
     ApiJson(req): ApiJson<AssignWorkflow>,
 ) -> Result<Json<WorkflowRun>, ApiError> {
     caller.require(Role::Operator)?;
-    let (version, objects) = content(&app).await?;
     let current = app
         .store
         .current_boot(id)
         .await?
         .and_then(|(boot, env)| env.map(|e| (boot, e)));
-    let run = service::assign(
-        app.store.as_ref(),
-        id,
-        &req.workflow,
-        &objects,
-        version,
-        current,
-    )
-    .await?;
+    let run = service::assign(app.store.as_ref(), id, &req.workflow, current).await?;
     tracing::info!(machine_id = %id, workflow = %req.workflow, by = %caller.token_id, "workflow assigned");
     Ok(Json(run_view(run)))
 }

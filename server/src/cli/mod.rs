@@ -6,8 +6,9 @@ mod output;
 use std::path::PathBuf;
 
 use anneal_shared::api::{
-    AssignWorkflow, BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, JobAttempt,
-    Machine, MachineSummary, QuarantinedEnrollment, WorkflowRun,
+    ApplyContent, ApplyReport, AssignWorkflow, BootstrapToken, ContentFile, CreateBootstrapToken,
+    CreatedBootstrapToken, JobAttempt, Machine, MachineSummary, QuarantinedEnrollment, WorkflowRun,
+    WorkflowSummary,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -42,6 +43,27 @@ enum Command {
         conn: ClientOpts,
         #[command(subcommand)]
         command: TokensCmd,
+    },
+    /// Create or update workflow content from YAML files (a file or a directory, recursively).
+    Apply {
+        #[command(flatten)]
+        conn: ClientOpts,
+        /// The file or directory.
+        #[arg(short, long = "file", value_name = "PATH")]
+        file: PathBuf,
+        /// Check and report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Workflows in force (built-in and applied).
+    Workflows {
+        #[command(flatten)]
+        conn: ClientOpts,
+        #[command(subcommand)]
+        command: WorkflowsCmd,
     },
     /// Job attempts of workflows, and their logs.
     Jobs {
@@ -130,6 +152,16 @@ enum MachinesCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum WorkflowsCmd {
+    /// List workflows.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum JobsCmd {
     /// List job attempts, newest first.
     Ls {
@@ -209,12 +241,77 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Machines { conn, command } => machines(ApiClient::new(&conn)?, command).await,
         Command::Tokens { conn, command } => tokens(ApiClient::new(&conn)?, command).await,
         Command::Jobs { conn, command } => jobs(ApiClient::new(&conn)?, command).await,
+        Command::Apply {
+            conn,
+            file,
+            dry_run,
+            output,
+        } => {
+            let files = read_content_files(&file)?;
+            let req = ApplyContent { files, dry_run };
+            let report: ApplyReport = ApiClient::new(&conn)?.post("/api/v1/content", &req).await?;
+            output::applied(&report, output)
+        }
+        Command::Workflows {
+            conn,
+            command: WorkflowsCmd::Ls { output },
+        } => {
+            let list: Vec<WorkflowSummary> =
+                ApiClient::new(&conn)?.get("/api/v1/workflows").await?;
+            output::workflows(&list, output)
+        }
         Command::Quarantine { conn, output } => {
             let q: Vec<QuarantinedEnrollment> =
                 ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
             output::quarantine(&q, output)
         }
     }
+}
+
+/// Every `*.yaml` / `*.yml` file under `path` (or `path` itself), sorted, with its text. The
+/// server parses them, so that its errors name these paths.
+fn read_content_files(path: &std::path::Path) -> Result<Vec<ContentFile>> {
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+        if meta.is_file() {
+            out.push(p.to_path_buf());
+            return Ok(());
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|e| {
+                !e.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        for e in entries {
+            let is_yaml = e.extension().is_some_and(|x| x == "yaml" || x == "yml");
+            if e.is_dir() {
+                walk(&e, out)?;
+            } else if is_yaml {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(path, &mut paths)?;
+    if paths.is_empty() {
+        bail!("no *.yaml or *.yml files in {}", path.display());
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(ContentFile {
+                path: p.display().to_string(),
+                text,
+            })
+        })
+        .collect()
 }
 
 /// Resolve an id or a unique prefix of one.

@@ -1,8 +1,8 @@
 //! How the CLI prints: aligned tables for people, JSON or YAML for scripts.
 
 use anneal_shared::api::{
-    BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineSummary,
-    QuarantinedEnrollment, WorkflowRun,
+    ApplyReport, BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineSummary,
+    QuarantinedEnrollment, WorkflowRun, WorkflowSummary,
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -363,6 +363,45 @@ pub fn run(r: &WorkflowRun, f: Format) -> Result<()> {
     if let Some(reason) = &r.reason {
         println!("reason   {reason}");
     }
+    Ok(())
+}
+
+/// `anneal apply`.
+pub fn applied(r: &ApplyReport, f: Format) -> Result<()> {
+    if structured(r, f)? {
+        return Ok(());
+    }
+    for o in &r.objects {
+        let verb = if r.dry_run { "would be" } else { "" };
+        println!("{} {:<24} {verb} {}", o.kind, o.name, o.action);
+    }
+    if r.dry_run {
+        println!("dry run: nothing changed (content version {})", r.version);
+    } else {
+        println!("content version {}", r.version);
+    }
+    Ok(())
+}
+
+/// `anneal workflows ls`.
+pub fn workflows(list: &[WorkflowSummary], f: Format) -> Result<()> {
+    if structured(&list, f)? {
+        return Ok(());
+    }
+    table(
+        &["NAME", "STAGES", "DESTRUCTIVE", "SOURCE", "DESCRIPTION"],
+        list.iter()
+            .map(|w| {
+                vec![
+                    w.name.clone(),
+                    w.stages.join(" → "),
+                    if w.destructive { "yes" } else { "no" }.into(),
+                    if w.builtin { "built-in" } else { "applied" }.into(),
+                    w.description.clone(),
+                ]
+            })
+            .collect(),
+    );
     Ok(())
 }
 

@@ -5,12 +5,15 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anneal_shared::protocol::{Job, JobWork, NextAction};
 use anneal_shared::MachineId;
 use time::OffsetDateTime;
 
 use super::plan::{self, Plan};
 use super::run::{start_at, step_at, Answer, AttemptId, Event, Phase, Run, StepError};
+use crate::content::{builtin, render_task, ContentErrors, ContentSet, MachineContext, Resolved};
 use crate::store::workflow::{AttemptReport, AttemptState, RunRecord, Stepped};
 use crate::store::{Store, StoreError};
 
@@ -39,6 +42,22 @@ pub enum WorkflowError {
     /// The event does not apply (stale attempt, operator action in the wrong phase).
     #[error(transparent)]
     Refused(#[from] StepError),
+    /// The stored content does not validate over the built-ins.
+    #[error("the stored workflow content is invalid:\n{0}")]
+    Content(#[from] ContentErrors),
+}
+
+/// The content runs are resolved from and jobs rendered with: the newest applied version
+/// laid over the built-ins, and that version's number.
+pub async fn current_content(store: &dyn Store) -> Result<(i64, ContentSet), WorkflowError> {
+    let (version, objects) = store.content_at(None).await?;
+    let mut operator = ContentSet::new();
+    for o in objects {
+        operator
+            .insert(o, None)
+            .map_err(|e| ContentErrors(vec![e]))?;
+    }
+    Ok((version, ContentSet::merge(builtin(), &operator)?))
 }
 
 /// Apply `event` to the machine's current run. `Ok(None)`: no run.
@@ -90,11 +109,10 @@ pub async fn assign(
     store: &dyn Store,
     machine: MachineId,
     workflow: &str,
-    objects: &[anneal_shared::content::ContentObject],
-    content_version: i64,
     current: Option<(String, String)>,
 ) -> Result<RunRecord, WorkflowError> {
-    let plan = plan::resolve(objects, workflow, content_version)?;
+    let (content_version, content) = current_content(store).await?;
+    let plan = plan::resolve(&content.objects(), workflow, content_version)?;
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::store::to_ms(now);
     let make = |plan: &Plan| {
@@ -156,7 +174,7 @@ pub async fn next(
             attempt,
             stage,
             task,
-        }) => match render(&stepped.record.plan, stage, task, attempt) {
+        }) => match render(store, machine, &stepped.record.plan, stage, task, attempt).await {
             Ok(job) => NextAction::Job(job),
             Err(reason) => {
                 let e = Event::Unrenderable {
@@ -178,8 +196,16 @@ pub async fn next(
     })
 }
 
-/// The job the agent runs for attempt `attempt` of (stage, task).
-fn render(plan: &Plan, stage: usize, task: usize, attempt: AttemptId) -> Result<Job, String> {
+/// The job the agent runs for attempt `attempt` of (stage, task): the pinned task rendered with
+/// the machine's param values as they are now (so fixing a param and retrying works).
+async fn render(
+    store: &dyn Store,
+    machine: MachineId,
+    plan: &Plan,
+    stage: usize,
+    task: usize,
+    attempt: AttemptId,
+) -> Result<Job, String> {
     let st = plan
         .stages
         .get(stage)
@@ -188,13 +214,27 @@ fn render(plan: &Plan, stage: usize, task: usize, attempt: AttemptId) -> Result<
         .tasks
         .get(task)
         .ok_or_else(|| format!("task {task} is not in stage `{}`", st.name))?;
-    let work = match (&t.script, &t.action) {
-        (Some(script), None) => JobWork::Script {
-            script: script.clone(),
-        },
+    let (_, content) = current_content(store).await.map_err(|e| e.to_string())?;
+    let resolved = Resolved::resolve(&content, &BTreeMap::new(), &[]).map_err(|e| e.to_string())?;
+    let record = store
+        .get_machine(machine)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("machine {machine} is gone"))?;
+    let ctx = MachineContext {
+        id: machine,
+        hostname: record.hostname.clone(),
+        serial: record.identity.system_serial.clone(),
+        manufacturer: record.identity.manufacturer.clone(),
+        product: record.identity.product.clone(),
+        macs: record.identity.macs.iter().map(|n| n.mac.clone()).collect(),
+    };
+    let rendered = render_task(t, &resolved, &ctx).map_err(|e| e.to_string())?;
+    let work = match (rendered.script, rendered.action) {
+        (Some(script), None) => JobWork::Script { script },
         (None, Some(name)) => JobWork::Action {
-            name: name.clone(),
-            args: t.args.clone().into_iter().collect(),
+            name,
+            args: rendered.args.into_iter().collect(),
         },
         _ => return Err("a task needs exactly one of `script` and `action`".into()),
     };
@@ -205,7 +245,7 @@ fn render(plan: &Plan, stage: usize, task: usize, attempt: AttemptId) -> Result<
         task: t.name.clone(),
         work,
         timeout_secs: t.timeout_secs,
-        redact: Vec::new(),
+        redact: rendered.secrets,
     })
 }
 
