@@ -254,12 +254,35 @@ impl<'r> Anneal<'r> {
         self.api_call(reqwest::Method::POST, path, body)
     }
 
+    /// `PUT` a JSON body to an operator API path with the admin token; the JSON answer.
+    pub fn api_put(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        self.api_call(reqwest::Method::PUT, path, Some(body))
+    }
+
+    /// `GET` an operator API path with the admin token; the body as text (job logs).
+    pub fn api_get_text(&self, path: &str) -> Result<String> {
+        self.api_raw(reqwest::Method::GET, path, None)
+    }
+
     fn api_call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value> {
+        let text = self.api_raw(method.clone(), path, body)?;
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: {text}"))
+    }
+
+    fn api_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<String> {
         let client = self.https()?;
         let url = format!("{}{path}", self.api_url);
         let token = self.admin_token.clone();
@@ -277,10 +300,7 @@ impl<'r> Anneal<'r> {
             if !status.is_success() {
                 bail!("{method} {url}: {status}: {text}");
             }
-            if text.trim().is_empty() {
-                return Ok(serde_json::Value::Null);
-            }
-            serde_json::from_str(&text).with_context(|| format!("{method} {url}: {text}"))
+            Ok(text)
         })?
     }
 
