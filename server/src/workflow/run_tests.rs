@@ -728,8 +728,11 @@ fn simulate(plan_ix: usize, choices: &[u8]) {
             break;
         }
         sim.now += 1000;
-        if sim.running_env.is_none() {
-            sim.power_cycle(); // someone powers it on
+        let booting = matches!(sim.run.phase, Phase::Booting { .. });
+        if sim.running_env.is_none() || (booting && sim.agent.is_none()) {
+            // Someone powers it on, or power-cycles a machine that sits in an environment
+            // with no agent to tell it (as a BMC would).
+            sim.power_cycle();
         }
         sim.operator();
         sim.agent_move(false, true);
@@ -748,6 +751,19 @@ fn simulate(plan_ix: usize, choices: &[u8]) {
 #[test]
 fn regression_waiting_stage_sent_back_after_a_disk_boot() {
     simulate(1, &[62, 0, 30, 0, 189, 30, 30, 215, 151, 94, 62, 0]);
+}
+
+/// Found by the random search in CI: a boot into `local` timed out, was retried after the
+/// script had been served, and only a power cycle could bring the machine back.
+#[test]
+fn regression_local_boot_after_a_disk_boot() {
+    simulate(
+        0,
+        &[
+            30, 30, 30, 30, 0, 30, 30, 0, 0, 0, 0, 0, 157, 0, 218, 94, 61, 30, 62, 30, 0, 0, 0, 0,
+            0, 0, 0, 24, 222, 247, 151, 53,
+        ],
+    );
 }
 
 proptest! {
