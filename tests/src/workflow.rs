@@ -159,3 +159,23 @@ impl Drop for FixtureAgent {
         self.task.abort();
     }
 }
+
+/// Apply `tasks` as the workflow `name`: one discovery stage `work` running them in order,
+/// then the built-in local boot. Straight into the store (the API path is tested elsewhere).
+pub async fn apply_work_then_local(server: &TestServer, name: &str, tasks: Vec<Task>) {
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let mut objects = vec![stage("work", "discovery", &names, StageEnd::Continue)];
+    objects.push(ContentObject::Workflow(anneal_shared::content::Workflow {
+        name: name.into(),
+        stages: vec!["work".into(), "local-boot".into()],
+        ..Default::default()
+    }));
+    objects.extend(tasks.into_iter().map(ContentObject::Task));
+    server
+        .running
+        .app
+        .store
+        .apply_content(&objects, &[])
+        .await
+        .expect("content applied");
+}

@@ -1,10 +1,12 @@
 //! Workflows under faults over loopback: the agent's link dropped while a job runs.
 //! (Server restarts and power loss under a task are in `workflows.rs`.)
 
-use anneal_shared::content::{ContentObject, StageEnd, Task, Workflow};
+use anneal_shared::content::Task;
 use anneal_tests::link::Link;
 use anneal_tests::pxe::put_discovery;
-use anneal_tests::workflow::{assign, jobs_of, log_of, stage, wait_for_machine, FixtureAgent};
+use anneal_tests::workflow::{
+    apply_work_then_local, assign, jobs_of, log_of, wait_for_machine, FixtureAgent,
+};
 use anneal_tests::TestServer;
 
 /// The agent's link to the agent API is cut for three seconds while a job prints: the job
@@ -28,31 +30,16 @@ async fn a_dropped_link_delays_a_job_but_loses_no_byte_of_its_log() {
     let work = tempfile::tempdir().unwrap();
     let witness = work.path().join("witness");
     let lines = 60;
-    let objects = vec![
-        ContentObject::Task(Task {
-            name: "count".into(),
-            script: Some(format!(
-                "echo ran >> {}\ni=1\nwhile [ $i -le {lines} ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
-                witness.display()
-            )),
-            timeout_secs: 120,
-            ..Task::default()
-        }),
-        stage("work", "discovery", &["count"], StageEnd::Continue),
-        stage("last", "local", &[], StageEnd::Continue),
-        ContentObject::Workflow(Workflow {
-            name: "count".into(),
-            stages: vec!["work".into(), "last".into()],
-            ..Workflow::default()
-        }),
-    ];
-    server
-        .running
-        .app
-        .store
-        .apply_content(&objects, &[])
-        .await
-        .unwrap();
+    let count = Task {
+        name: "count".into(),
+        script: Some(format!(
+            "echo ran >> {}\ni=1\nwhile [ $i -le {lines} ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
+            witness.display()
+        )),
+        timeout_secs: 120,
+        ..Task::default()
+    };
+    apply_work_then_local(&server, "count", vec![count]).await;
     let agent = FixtureAgent::boot(&server, work.path()).await;
     let machine = wait_for_machine(&server).await;
     assign(&server, machine, "count").await;

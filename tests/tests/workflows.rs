@@ -9,7 +9,8 @@ use anneal_shared::protocol::{AttemptResult, IdentityHints, Job, JobWork, NextAc
 use anneal_shared::PROTOCOL_VERSION;
 use anneal_tests::pxe::{machine_script, put_discovery, token_of};
 use anneal_tests::workflow::{
-    assign, jobs_of, log_of, run_of, script_task, stage, wait_for_machine, FixtureAgent,
+    apply_work_then_local, assign, jobs_of, log_of, run_of, script_task, stage, wait_for_machine,
+    FixtureAgent,
 };
 use anneal_tests::{hints, TestServer};
 
@@ -305,46 +306,28 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
     put_discovery(&server, b"kernel");
     let work = tempfile::tempdir().unwrap();
     let witness = work.path().join("witness");
-    let objects = vec![
-        ContentObject::Task(Task {
+    let tasks = vec![
+        Task {
             name: "talk".into(),
             script: Some("echo one; echo two >&2; echo three; exit 0".into()),
             timeout_secs: 60,
             ..Task::default()
-        }),
-        ContentObject::Task(Task {
+        },
+        Task {
             name: "inventory".into(),
             action: Some("inventory".into()),
             timeout_secs: 60,
             idempotent: true,
             ..Task::default()
-        }),
-        ContentObject::Task(Task {
+        },
+        Task {
             name: "witness".into(),
             script: Some(format!("echo ran >> {}", witness.display())),
             timeout_secs: 60,
             ..Task::default()
-        }),
-        stage(
-            "work",
-            "discovery",
-            &["talk", "inventory", "witness"],
-            StageEnd::Continue,
-        ),
-        stage("last", "local", &[], StageEnd::Continue),
-        ContentObject::Workflow(Workflow {
-            name: "agent-run".into(),
-            stages: vec!["work".into(), "last".into()],
-            ..Workflow::default()
-        }),
+        },
     ];
-    server
-        .running
-        .app
-        .store
-        .apply_content(&objects, &[])
-        .await
-        .unwrap();
+    apply_work_then_local(&server, "agent-run", tasks).await;
 
     let agent = FixtureAgent::boot(&server, work.path()).await;
     let rebooted = agent.rebooted.clone();

@@ -56,9 +56,7 @@ pub async fn heartbeat(
     let directive = match brief.state {
         MachineState::Pending => Directive::AwaitApproval,
         _ if !brief.has_inventory => Directive::SendInventory,
-        _ if crate::workflow::service::has_work(app.store.as_ref(), me.machine_id).await? => {
-            Directive::Work
-        }
+        _ if brief.has_work => Directive::Work,
         _ => Directive::Wait,
     };
     Ok(Json(HeartbeatResponse {

@@ -268,36 +268,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Every `*.yaml` / `*.yml` file under `path` (or `path` itself), sorted, with its text. The
-/// server parses them, so that its errors name these paths.
+/// The content files under `path` with their text, as the server's loader would find them;
+/// the server parses them, so that its errors name these paths.
 fn read_content_files(path: &std::path::Path) -> Result<Vec<ContentFile>> {
-    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
-        let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
-        if meta.is_file() {
-            out.push(p.to_path_buf());
-            return Ok(());
-        }
-        let mut entries: Vec<_> = std::fs::read_dir(p)
-            .with_context(|| format!("reading {}", p.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|e| {
-                !e.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        entries.sort();
-        for e in entries {
-            let is_yaml = e.extension().is_some_and(|x| x == "yaml" || x == "yml");
-            if e.is_dir() {
-                walk(&e, out)?;
-            } else if is_yaml {
-                out.push(e);
-            }
-        }
-        Ok(())
-    }
-    let mut paths = Vec::new();
-    walk(path, &mut paths)?;
+    let paths = crate::content::content_files(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     if paths.is_empty() {
         bail!("no *.yaml or *.yml files in {}", path.display());
     }

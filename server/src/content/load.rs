@@ -40,14 +40,8 @@ pub fn load_files<'a>(
 /// starting with `.` are skipped, symlinked directories are not followed), or `path` itself if
 /// it is a file. Files are labelled by their path as reached from `path`.
 pub fn load_dir(path: &Path) -> Result<ContentSet, ContentErrors> {
+    let files = content_files(path)?;
     let mut errors = Vec::new();
-    let mut files = Vec::new();
-    if path.is_file() {
-        files.push(path.to_path_buf());
-    } else {
-        find_files(path, &mut files, &mut errors);
-    }
-    files.sort();
     let mut set = ContentSet::new();
     for file in files {
         let label = file.display().to_string();
@@ -58,6 +52,21 @@ pub fn load_dir(path: &Path) -> Result<ContentSet, ContentErrors> {
         }
     }
     ContentErrors::check(errors, set)
+}
+
+/// The content files [`load_dir`] reads: every `*.yaml` and `*.yml` under `path`
+/// (recursively, sorted, dot-names skipped, symlinked directories not followed), or `path`
+/// itself if it is a file. `anneal apply` sends these so the server's errors name them.
+pub fn content_files(path: &Path) -> Result<Vec<PathBuf>, ContentErrors> {
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else {
+        find_files(path, &mut files, &mut errors);
+    }
+    files.sort();
+    ContentErrors::check(errors, files)
 }
 
 fn file_error(label: &str, message: String) -> ContentError {

@@ -29,7 +29,7 @@ mod validate_tests;
 
 pub use builtin::builtin;
 pub use error::{ContentError, ContentErrors, Origin};
-pub use load::{load_dir, load_files, load_str};
+pub use load::{content_files, load_dir, load_files, load_str};
 pub use params::{
     redact, render_task, MachineContext, ParamError, ParamErrors, RenderError, RenderedTask,
     Resolved, ResolvedParam, ValueSource, MASK,

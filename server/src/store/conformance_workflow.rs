@@ -88,6 +88,18 @@ pub async fn concurrent_asks_hand_out_one_attempt(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .expect("machine exists");
+    let brief = |store: Arc<dyn Store>| async move {
+        store
+            .machine_brief(machine)
+            .await
+            .unwrap()
+            .unwrap()
+            .has_work
+    };
+    assert!(
+        brief(store.clone()).await,
+        "a ready run is work for the heartbeat"
+    );
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let store = store.clone();
@@ -115,6 +127,14 @@ pub async fn concurrent_asks_hand_out_one_attempt(store: Arc<dyn Store>) {
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].state, AttemptState::Created);
     assert_eq!(attempts[0].task_name, "t");
+    let cancel = |r: &mut Run, p: &Plan| step_at(r, p, Event::Cancel, 2);
+    store
+        .step_run(machine, &cancel, None, OffsetDateTime::now_utc())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!brief(store.clone()).await, "a cancelled run is not");
 }
 
 /// Log chunks are taken at the end or as identical overlaps, never with a gap or a change.

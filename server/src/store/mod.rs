@@ -263,6 +263,9 @@ pub struct MachineBrief {
     pub state: MachineState,
     /// Whether an inventory is stored.
     pub has_inventory: bool,
+    /// Whether its current workflow run has something for the agent (booting, ready or
+    /// running): the heartbeat then says `work`.
+    pub has_work: bool,
 }
 
 /// Result of a compare-and-set.
@@ -323,7 +326,8 @@ pub trait Store: LeaseStore + BootStore + WorkflowStore + Send + Sync {
     async fn list_machines(&self) -> StoreResult<Vec<MachineRecord>>;
     /// One machine.
     async fn get_machine(&self, id: MachineId) -> StoreResult<Option<MachineRecord>>;
-    /// State and inventory presence only: cheap enough for every heartbeat.
+    /// State, inventory presence and pending workflow work: one indexed read, cheap enough
+    /// for every heartbeat.
     async fn machine_brief(&self, id: MachineId) -> StoreResult<Option<MachineBrief>>;
     /// Change a machine's state if its version is still `expected_version`.
     async fn set_machine_state(

@@ -37,7 +37,7 @@ pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: e.to_string(),
@@ -655,7 +655,10 @@ impl Store for SqliteStore {
 
     async fn machine_brief(&self, id: MachineId) -> StoreResult<Option<MachineBrief>> {
         let row = sqlx::query(
-            "SELECT state, inventory_at IS NOT NULL AS has_inventory FROM machines WHERE id = ?",
+            "SELECT state, inventory_at IS NOT NULL AS has_inventory, \
+             EXISTS (SELECT 1 FROM runs WHERE runs.machine_id = machines.id AND current = 1 \
+                     AND phase IN ('booting', 'ready', 'running')) AS has_work \
+             FROM machines WHERE id = ?",
         )
         .bind(id.to_string())
         .fetch_optional(&self.reader)
@@ -665,6 +668,7 @@ impl Store for SqliteStore {
             Ok(MachineBrief {
                 state: state_from_str(&r.try_get::<String, _>("state").map_err(db)?),
                 has_inventory: r.try_get::<bool, _>("has_inventory").map_err(db)?,
+                has_work: r.try_get::<bool, _>("has_work").map_err(db)?,
             })
         })
         .transpose()

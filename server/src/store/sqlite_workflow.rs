@@ -8,18 +8,11 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::sqlite::{db, parse_id, SqliteStore};
+use super::sqlite::{corrupt, db, parse_id, SqliteStore};
 use super::workflow::*;
 use super::{from_ms, to_ms, StoreError, StoreResult};
 use crate::workflow::plan::Plan;
 use crate::workflow::run::{AttemptEnd, AttemptId, Effect, Outcome};
-
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    }
-}
 
 fn json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| corrupt("json", e))

@@ -148,16 +148,6 @@ pub async fn enrolled(store: &dyn Store, machine: MachineId, boot_id: &str, via_
     }
 }
 
-/// Whether the machine's current run wants its agent to ask `next`.
-pub async fn has_work(store: &dyn Store, machine: MachineId) -> Result<bool, StoreError> {
-    Ok(store.current_run(machine).await?.is_some_and(|r| {
-        !matches!(
-            r.run.phase,
-            Phase::Waiting | Phase::Failed { .. } | Phase::Done | Phase::Cancelled
-        )
-    }))
-}
-
 /// The agent (in `boot_id`) asks what to do next.
 pub async fn next(
     store: &dyn Store,
