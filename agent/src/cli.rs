@@ -135,6 +135,17 @@ fn from_cmdline(sysroot: &std::path::Path, key: &str) -> Option<String> {
     cmdline::get(&text, key).filter(|v| !v.is_empty())
 }
 
+/// Write a line to stdout; a reader that went away (`| head`, `| grep -q`) ends the
+/// output quietly instead of panicking as `println!` does on a broken pipe.
+fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Run the command line; `main` only calls this.
 pub async fn run(cli: Cli) -> Result<()> {
     crate::install_crypto_provider();
@@ -147,8 +158,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .await;
-            println!("{}", serde_json::to_string_pretty(&inv)?);
-            Ok(())
+            print_stdout(&serde_json::to_string_pretty(&inv)?)
         }
         Command::Simulate(a) => {
             let count = a.count;
@@ -169,11 +179,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                print_stdout(&serde_json::to_string_pretty(&report)?)
             } else {
-                println!("{}", report.summary());
+                print_stdout(&report.summary())
             }
-            Ok(())
         }
         Command::Run(a) => {
             let status_file = a.status_file.clone();
