@@ -27,6 +27,8 @@ pub struct App {
     pub config: Config,
     /// Group-committing heartbeat writer.
     pub heartbeats: HeartbeatSink,
+    /// The newest workflow content, merged over the built-ins.
+    pub content: crate::workflow::service::ContentCache,
 }
 
 /// What `prepare` produced besides the app.
@@ -93,6 +95,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
             ca,
             config,
             heartbeats,
+            content: Default::default(),
         }),
         server_cert,
         first_admin_token,

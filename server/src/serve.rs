@@ -197,7 +197,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let tftp = tftp.map(|t| tokio::spawn(t.run(shutdown.clone())));
     // Workflow deadlines (boots, attempts, stages) are enforced by this ticker.
     let ticker = tokio::spawn(crate::workflow::service::ticker(
-        app.store.clone(),
+        app.clone(),
         shutdown.clone(),
     ));
     let done = tokio::spawn(async move {

@@ -60,7 +60,7 @@ pub async fn next(
     ApiPath(_id): ApiPath<MachineId>,
     ApiJson(req): ApiJson<NextRequest>,
 ) -> Result<Json<NextResponse>, ApiError> {
-    let action = service::next(app.store.as_ref(), me.machine_id, &req.boot_id).await?;
+    let action = service::next(&app, me.machine_id, &req.boot_id).await?;
     Ok(Json(NextResponse {
         protocol: PROTOCOL_VERSION,
         action,
@@ -73,7 +73,7 @@ pub async fn start(
     Extension(me): Extension<AgentIdentity>,
     ApiPath((_id, attempt)): ApiPath<(MachineId, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    service::started(app.store.as_ref(), me.machine_id, attempt).await?;
+    service::started(&app, me.machine_id, attempt).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -160,6 +160,6 @@ pub async fn result(
         exit_code: req.exit_code,
         result: req.result,
     };
-    service::finished(app.store.as_ref(), me.machine_id, &report, req.ok, &reason).await?;
+    service::finished(&app, me.machine_id, &report, req.ok, &reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,7 +42,7 @@ pub async fn apply(
     caller.require(Role::Operator)?;
     let new = load_files(req.files.iter().map(|f| (f.path.as_str(), f.text.as_str())))
         .map_err(invalid)?;
-    let (version, current) = current_content(app.store.as_ref()).await?;
+    let (version, current) = current_content(&app).await?;
     // The new objects over everything in force now, validated as a whole.
     ContentSet::merge(&current, &new).map_err(invalid)?;
     let objects = new.objects();
@@ -102,7 +102,7 @@ pub async fn apply(
     responses((status = 200, body = Vec<WorkflowSummary>)),
     security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<WorkflowSummary>>, ApiError> {
-    let (version, content) = current_content(app.store.as_ref()).await?;
+    let (version, content) = current_content(&app).await?;
     let objects = content.objects();
     let list = content
         .workflows

@@ -82,7 +82,7 @@ pub async fn assign(
         .current_boot(id)
         .await?
         .and_then(|(boot, env)| env.map(|e| (boot, e)));
-    let run = service::assign(app.store.as_ref(), id, &req.workflow, current).await?;
+    let run = service::assign(&app, id, &req.workflow, current).await?;
     tracing::info!(machine_id = %id, workflow = %req.workflow, by = %caller.token_id, "workflow assigned");
     Ok(Json(run_view(run)))
 }
@@ -128,7 +128,7 @@ pub async fn act(
             )))
         }
     };
-    let run = service::operator(app.store.as_ref(), id, event).await?;
+    let run = service::operator(&app, id, event).await?;
     tracing::info!(machine_id = %id, action, by = %caller.token_id, "workflow action");
     Ok(Json(run_view(run)))
 }

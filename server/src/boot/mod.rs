@@ -325,7 +325,7 @@ async fn choose_and_render(
             )
             .unwrap_or_else(|e| e);
         if let Some(m) = &found {
-            crate::workflow::service::script_served(boot.app.store.as_ref(), m.id, env).await;
+            crate::workflow::service::script_served(&boot.app, m.id, env).await;
         }
         return ("local", machine, body);
     }
@@ -416,7 +416,7 @@ async fn choose_and_render(
     match boot.templates.render("discovery", ctx, retry) {
         Ok(body) => {
             if let Some(m) = &found {
-                crate::workflow::service::script_served(boot.app.store.as_ref(), m.id, env).await;
+                crate::workflow::service::script_served(&boot.app, m.id, env).await;
             }
             ("discovery", machine, body)
         }

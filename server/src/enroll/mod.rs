@@ -125,13 +125,8 @@ async fn enroll(
                     .increment(1);
                 tracing::warn!(%machine_id, boot_id = %req.boot_id, "second enrollment within one boot");
             }
-            crate::workflow::service::enrolled(
-                app.store.as_ref(),
-                machine_id,
-                &req.boot_id,
-                via_env.as_deref(),
-            )
-            .await;
+            crate::workflow::service::enrolled(&app, machine_id, &req.boot_id, via_env.as_deref())
+                .await;
             let host = request_host(&headers, &uri).unwrap_or_else(|| "localhost".into());
             Ok(Json(EnrollResponse {
                 protocol: PROTOCOL_VERSION,

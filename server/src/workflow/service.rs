@@ -3,9 +3,9 @@
 //! work and reports attempts. Every call is one [`WorkflowStore::step_run`] (or `start_run`):
 //! the pure [`step`] applied and committed with its effects in one transaction.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anneal_shared::protocol::{Job, JobWork, NextAction};
 use anneal_shared::MachineId;
@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 
 use super::plan::{self, Plan};
 use super::run::{start_at, step_at, Answer, AttemptId, Event, Phase, Run, StepError};
+use crate::app::App;
 use crate::content::{builtin, render_task, ContentErrors, ContentSet, MachineContext, Resolved};
 use crate::store::workflow::{AttemptReport, AttemptState, RunRecord, Stepped};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// How long an agent told to wait sleeps before asking again (a heartbeat saying `work` wakes
 /// it sooner).
@@ -47,22 +48,42 @@ pub enum WorkflowError {
     Content(#[from] ContentErrors),
 }
 
+/// The newest content, merged over the built-ins, kept until `anneal apply` makes a newer one:
+/// job dispatch asks for it on every job, and loading and merging all objects each time would
+/// cost more than the step itself.
+#[derive(Default)]
+pub struct ContentCache {
+    merged: std::sync::Mutex<Option<(i64, Arc<ContentSet>)>>,
+}
+
 /// The content runs are resolved from and jobs rendered with: the newest applied version
 /// laid over the built-ins, and that version's number.
-pub async fn current_content(store: &dyn Store) -> Result<(i64, ContentSet), WorkflowError> {
-    let (version, objects) = store.content_at(None).await?;
+pub async fn current_content(app: &App) -> Result<(i64, Arc<ContentSet>), WorkflowError> {
+    let head = app.store.content_version().await?;
+    if let Some((v, set)) = app.content.merged.lock().expect("content cache").as_ref() {
+        if *v == head {
+            return Ok((*v, set.clone()));
+        }
+    }
+    let (version, objects) = app.store.content_at(None).await?;
     let mut operator = ContentSet::new();
     for o in objects {
         operator
             .insert(o, None)
             .map_err(|e| ContentErrors(vec![e]))?;
     }
-    Ok((version, ContentSet::merge(builtin(), &operator)?))
+    let set = Arc::new(ContentSet::merge(builtin(), &operator)?);
+    let mut cache = app.content.merged.lock().expect("content cache");
+    // Another request may have cached a newer version meanwhile; keep the newest.
+    if cache.as_ref().is_none_or(|(v, _)| *v < version) {
+        *cache = Some((version, set.clone()));
+    }
+    Ok((version, set))
 }
 
 /// Apply `event` to the machine's current run. `Ok(None)`: no run.
 async fn apply(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     event: Event<'_>,
     report: Option<&AttemptReport>,
@@ -70,7 +91,7 @@ async fn apply(
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::store::to_ms(now);
     let f = |run: &mut Run, plan: &Plan| step_at(run, plan, event.clone(), now_ms);
-    match store.step_run(machine, &f, report, now).await? {
+    match app.store.step_run(machine, &f, report, now).await? {
         None => Ok(None),
         Some(Ok(stepped)) => {
             log_step(&stepped);
@@ -106,12 +127,12 @@ fn log_step(s: &Stepped) {
 /// environment that boot came from, when known, so a machine already in the first stage's
 /// environment starts without a reboot.
 pub async fn assign(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     workflow: &str,
     current: Option<(String, String)>,
 ) -> Result<RunRecord, WorkflowError> {
-    let (content_version, content) = current_content(store).await?;
+    let (content_version, content) = current_content(app).await?;
     let plan = plan::resolve(&content.objects(), workflow, content_version)?;
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::store::to_ms(now);
@@ -120,7 +141,8 @@ pub async fn assign(
         start_at(plan, cur, now_ms)
     };
     let cancel = |run: &mut Run, plan: &Plan| step_at(run, plan, Event::Cancel, now_ms);
-    let stepped = store
+    let stepped = app
+        .store
         .start_run(machine, &plan, &make, &cancel, now)
         .await?
         .ok_or(WorkflowError::NoMachine(machine))?;
@@ -131,30 +153,30 @@ pub async fn assign(
 
 /// The boot service served `env`'s script to the machine: it is booting again, so its last
 /// enrollment no longer says where it runs.
-pub async fn script_served(store: &dyn Store, machine: MachineId, env: &str) {
-    if let Err(e) = store.forget_boot(machine).await {
+pub async fn script_served(app: &App, machine: MachineId, env: &str) {
+    if let Err(e) = app.store.forget_boot(machine).await {
         tracing::error!(machine_id = %machine, error = %e, "forgetting the machine's last boot failed");
     }
-    if let Err(e) = apply(store, machine, Event::ScriptServed { env }, None).await {
+    if let Err(e) = apply(app, machine, Event::ScriptServed { env }, None).await {
         tracing::error!(machine_id = %machine, env, error = %e, "recording a served script in the workflow failed");
     }
 }
 
 /// The machine enrolled from `boot_id`, through a token minted by `via_env`'s script.
-pub async fn enrolled(store: &dyn Store, machine: MachineId, boot_id: &str, via_env: Option<&str>) {
+pub async fn enrolled(app: &App, machine: MachineId, boot_id: &str, via_env: Option<&str>) {
     let e = Event::Enrolled { boot_id, via_env };
-    if let Err(e) = apply(store, machine, e, None).await {
+    if let Err(e) = apply(app, machine, e, None).await {
         tracing::error!(machine_id = %machine, error = %e, "recording an enrollment in the workflow failed");
     }
 }
 
 /// The agent (in `boot_id`) asks what to do next.
 pub async fn next(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     boot_id: &str,
 ) -> Result<NextAction, WorkflowError> {
-    let Some(stepped) = apply(store, machine, Event::Ask { boot_id }, None).await? else {
+    let Some(stepped) = apply(app, machine, Event::Ask { boot_id }, None).await? else {
         return Ok(NextAction::Wait {
             retry_secs: WAIT_RETRY_SECS * 6,
         });
@@ -164,14 +186,14 @@ pub async fn next(
             attempt,
             stage,
             task,
-        }) => match render(store, machine, &stepped.record.plan, stage, task, attempt).await {
+        }) => match render(app, machine, &stepped.record.plan, stage, task, attempt).await {
             Ok(job) => NextAction::Job(job),
             Err(reason) => {
                 let e = Event::Unrenderable {
                     attempt,
                     reason: &reason,
                 };
-                apply(store, machine, e, None).await?;
+                apply(app, machine, e, None).await?;
                 NextAction::Wait {
                     retry_secs: WAIT_RETRY_SECS,
                 }
@@ -189,7 +211,7 @@ pub async fn next(
 /// The job the agent runs for attempt `attempt` of (stage, task): the pinned task rendered with
 /// the machine's param values as they are now (so fixing a param and retrying works).
 async fn render(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     plan: &Plan,
     stage: usize,
@@ -204,9 +226,10 @@ async fn render(
         .tasks
         .get(task)
         .ok_or_else(|| format!("task {task} is not in stage `{}`", st.name))?;
-    let (_, content) = current_content(store).await.map_err(|e| e.to_string())?;
+    let (_, content) = current_content(app).await.map_err(|e| e.to_string())?;
     let resolved = Resolved::resolve(&content, &BTreeMap::new(), &[]).map_err(|e| e.to_string())?;
-    let record = store
+    let record = app
+        .store
         .get_machine(machine)
         .await
         .map_err(|e| e.to_string())?
@@ -241,11 +264,11 @@ async fn render(
 
 /// The agent is about to start `attempt`. Err(Refused) when it must not.
 pub async fn started(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     attempt: AttemptId,
 ) -> Result<(), WorkflowError> {
-    apply(store, machine, Event::Started { attempt }, None)
+    apply(app, machine, Event::Started { attempt }, None)
         .await?
         .ok_or(WorkflowError::NoRun(machine))?;
     Ok(())
@@ -253,7 +276,7 @@ pub async fn started(
 
 /// The agent reports `attempt`'s end. An exact repeat of a report already taken is accepted.
 pub async fn finished(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     report: &AttemptReport,
     ok: bool,
@@ -265,12 +288,12 @@ pub async fn finished(
         ok,
         reason,
     };
-    match apply(store, machine, e, Some(report)).await {
+    match apply(app, machine, e, Some(report)).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(WorkflowError::NoRun(machine)),
         Err(WorkflowError::Refused(StepError::NotCurrent(a))) => {
             // A retried report whose answer was lost: the attempt ended the same way already.
-            let same = store.get_attempt(a).await?.is_some_and(|rec| {
+            let same = app.store.get_attempt(a).await?.is_some_and(|rec| {
                 rec.machine_id == machine
                     && match rec.state {
                         AttemptState::Succeeded => ok,
@@ -290,21 +313,21 @@ pub async fn finished(
 
 /// An operator action on the machine's current run.
 pub async fn operator(
-    store: &dyn Store,
+    app: &App,
     machine: MachineId,
     event: Event<'_>,
 ) -> Result<RunRecord, WorkflowError> {
-    apply(store, machine, event, None)
+    apply(app, machine, event, None)
         .await?
         .map(|s| s.record)
         .ok_or(WorkflowError::NoRun(machine))
 }
 
 /// Check every active run's deadlines once.
-pub async fn tick_all(store: &dyn Store) -> Result<usize, StoreError> {
-    let machines = store.machines_with_active_runs().await?;
+pub async fn tick_all(app: &App) -> Result<usize, StoreError> {
+    let machines = app.store.machines_with_active_runs().await?;
     for m in &machines {
-        if let Err(e) = apply(store, *m, Event::Tick, None).await {
+        if let Err(e) = apply(app, *m, Event::Tick, None).await {
             tracing::error!(machine_id = %m, error = %e, "workflow deadline check failed");
         }
     }
@@ -312,14 +335,14 @@ pub async fn tick_all(store: &dyn Store) -> Result<usize, StoreError> {
 }
 
 /// Run [`tick_all`] every [`TICK_INTERVAL`] until `stop` fires.
-pub async fn ticker(store: std::sync::Arc<dyn Store>, stop: tokio_util::sync::CancellationToken) {
+pub async fn ticker(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
     let mut every = tokio::time::interval(TICK_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = every.tick() => {
-                if let Err(e) = tick_all(store.as_ref()).await {
+                if let Err(e) = tick_all(&app).await {
                     tracing::error!(error = %e, "workflow deadline check failed");
                 }
             }
