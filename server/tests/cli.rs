@@ -334,5 +334,33 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
         .unwrap();
     assert!(jobs.ok, "{}", jobs.stderr);
 
+    // The machine's own param values: set, shown with where each comes from, refused when
+    // they do not fit the param's definition.
+    let set = run(arg(&["machines", "params", &id, "set", "greeting=howdy"]))
+        .await
+        .unwrap();
+    assert!(set.ok, "{}", set.stderr);
+    assert!(
+        set.stdout.contains("greeting  howdy  machine"),
+        "{}",
+        set.stdout
+    );
+    let wrong = run(arg(&["machines", "params", &id, "set", "greeting=7"]))
+        .await
+        .unwrap();
+    assert!(
+        !wrong.ok && wrong.stderr.contains("\"greeting\": expected string, got"),
+        "{}",
+        wrong.stderr
+    );
+    let unset = run(arg(&[
+        "machines", "params", &id, "unset", "greeting", "-o", "json",
+    ]))
+    .await
+    .unwrap();
+    assert!(unset.ok, "{}", unset.stderr);
+    let view: serde_json::Value = serde_json::from_str(&unset.stdout).unwrap();
+    assert_eq!(view["resolved"]["greeting"]["source"], "default", "{view}");
+
     running.stop().await;
 }

@@ -249,6 +249,58 @@ pub struct JobAttempt {
     pub log_bytes: u64,
 }
 
+/// A machine's own params and profiles, and every value its tasks would be rendered with now.
+/// Secret values are shown as `********`, never in clear.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MachineParams {
+    /// Its profiles, in order (`global` is always under them).
+    pub profiles: Vec<String>,
+    /// Its own values, over every profile.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Every param with a value, and where the value comes from.
+    pub resolved: std::collections::BTreeMap<String, ParamValue>,
+    /// Why the values do not resolve with the current content (a profile deleted, a value of
+    /// the wrong type): jobs would fail with these until fixed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Send it back in [`UpdateMachineParams::version`] so a concurrent edit is not lost.
+    pub version: i64,
+}
+
+/// A resolved param value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParamValue {
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub value: serde_json::Value,
+    /// `machine`, `profile NAME`, `global` or `default`.
+    pub source: String,
+    pub secret: bool,
+}
+
+/// `PATCH /api/v1/machines/{id}/params`: change a machine's params and profiles. Every value
+/// is checked against its param's definition before anything is stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMachineParams {
+    /// Replace the profile list (omit to keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+    /// Values to set.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub set: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Params whose own value to remove (the profiles' or default value applies again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
+    /// Apply only if the params are still at this version (409 otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
 /// One content file as sent by `anneal apply -f`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -6,6 +6,7 @@ mod auth;
 mod boot;
 mod content;
 mod machines;
+mod params;
 mod tokens;
 pub mod workflows;
 
@@ -43,6 +44,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/content", post(content::apply))
         .route("/api/v1/workflows", get(content::list))
+        .route(
+            "/api/v1/machines/{id}/params",
+            get(params::show).patch(params::update),
+        )
         .route("/api/v1/jobs", get(workflows::jobs))
         .route("/api/v1/jobs/{id}/log", get(workflows::log))
         .layer(middleware::from_fn_with_state(
@@ -72,6 +77,8 @@ pub fn router(app: Arc<App>) -> Router {
         workflows::act,
         workflows::jobs,
         workflows::log,
+        params::show,
+        params::update,
     ),
     modifiers(&BearerAuth),
     tags((name = "machines"), (name = "tokens"), (name = "workflows"))

@@ -2,6 +2,7 @@
 
 mod client;
 mod output;
+mod params;
 
 use std::path::PathBuf;
 
@@ -138,6 +139,15 @@ enum MachinesCmd {
         workflow: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show a machine's workflow params (secrets masked), or change them.
+    Params {
+        id: String,
+        #[command(subcommand)]
+        change: Option<params::ParamsCmd>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
         output: Format,
     },
     /// Show a machine's workflow run, or steer it: retry, restart, cancel, continue.
@@ -366,6 +376,10 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
                 .put(&format!("/api/v1/machines/{id}/workflow"), &body)
                 .await?;
             output::run(&run, output)
+        }
+        MachinesCmd::Params { id, change, output } => {
+            let id = resolve_id(&api, &id).await?;
+            output::params(&params::run(&api, &id, change).await?, output)
         }
         MachinesCmd::Workflow { id, action, output } => {
             let id = resolve_id(&api, &id).await?;

@@ -1,8 +1,8 @@
 //! How the CLI prints: aligned tables for people, JSON or YAML for scripts.
 
 use anneal_shared::api::{
-    ApplyReport, BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineSummary,
-    QuarantinedEnrollment, WorkflowRun, WorkflowSummary,
+    ApplyReport, BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineParams,
+    MachineSummary, QuarantinedEnrollment, WorkflowRun, WorkflowSummary,
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -430,6 +430,34 @@ pub fn jobs(list: &[JobAttempt], f: Format) -> Result<()> {
             })
             .collect(),
     );
+    Ok(())
+}
+
+/// `anneal machines params ID`.
+pub fn params(p: &MachineParams, f: Format) -> Result<()> {
+    if structured(p, f)? {
+        return Ok(());
+    }
+    let profiles = match p.profiles.as_slice() {
+        [] => "(none)".to_string(),
+        list => list.join(", "),
+    };
+    println!("profiles: {profiles} (then global)");
+    table(
+        &["PARAM", "VALUE", "FROM"],
+        (p.resolved.iter())
+            .map(|(name, v)| {
+                let value = match &v.value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                vec![name.clone(), value, v.source.clone()]
+            })
+            .collect(),
+    );
+    for e in &p.errors {
+        println!("error: {e}");
+    }
     Ok(())
 }
 

@@ -40,6 +40,7 @@ where
     wf::content_versions_are_kept_and_unchanged_applies_make_none(make().await).await;
     wf::concurrent_asks_hand_out_one_attempt(make().await).await;
     wf::log_chunks_never_lose_or_repeat_a_byte(make().await).await;
+    wf::machine_params_compare_and_set(make().await).await;
 }
 
 fn now() -> OffsetDateTime {

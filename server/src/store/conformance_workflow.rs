@@ -7,7 +7,8 @@ use anneal_shared::content::{BootEnv, ContentObject, Kind, StageEnd, Task};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::workflow::{ApplyAction, AttemptState, LogAppend};
+use super::workflow::{ApplyAction, AttemptState, LogAppend, MachineParams};
+use super::Cas;
 use super::Store;
 use crate::workflow::plan::{Plan, PlanStage};
 use crate::workflow::run::{start_at, step_at, Answer, Event, Run};
@@ -195,4 +196,69 @@ pub async fn log_chunks_never_lose_or_repeat_a_byte(store: Arc<dyn Store>) {
     );
     assert_eq!(store.read_log(a, 99, 3).await.unwrap(), Some((vec![], 6)));
     assert_eq!(store.get_attempt(a).await.unwrap().unwrap().log_len, 6);
+}
+
+/// A machine's params start empty; each change compare-and-sets on the version, so of two
+/// edits made from the same read exactly one lands; an unknown machine has none.
+pub async fn machine_params_compare_and_set(store: Arc<dyn Store>) {
+    let machine = super::conformance::enrolled_machine(&store, 71).await;
+    let now = OffsetDateTime::now_utc();
+    let empty = store
+        .machine_params(machine)
+        .await
+        .unwrap()
+        .expect("machine");
+    assert_eq!(empty, MachineParams::default());
+    assert_eq!(
+        store.machine_params(uuid::Uuid::new_v4()).await.unwrap(),
+        None
+    );
+    let first = MachineParams {
+        profiles: vec!["rack-a".into()],
+        params: [("disk.wipe_passes".to_string(), serde_json::json!(2))].into(),
+        version: 0,
+    };
+    let other = MachineParams::default();
+    let (a, b) = tokio::join!(
+        store.set_machine_params(machine, &first, 0, now),
+        store.set_machine_params(machine, &other, 0, now)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        matches!(
+            (a, b),
+            (Cas::Done(1), Cas::Conflict) | (Cas::Conflict, Cas::Done(1))
+        ),
+        "one first write wins: {a:?} {b:?}"
+    );
+    let won = store.machine_params(machine).await.unwrap().unwrap();
+    assert_eq!(won.version, 1);
+    let mut next = won.clone();
+    next.params
+        .insert("hostname.prefix".into(), serde_json::json!("web"));
+    assert_eq!(
+        store
+            .set_machine_params(machine, &next, 1, now)
+            .await
+            .unwrap(),
+        Cas::Done(2)
+    );
+    assert_eq!(
+        store
+            .set_machine_params(machine, &first, 1, now)
+            .await
+            .unwrap(),
+        Cas::Conflict,
+        "a stale version changes nothing"
+    );
+    let stored = store.machine_params(machine).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.params), (2, next.params));
+    assert_eq!(
+        store
+            .set_machine_params(uuid::Uuid::new_v4(), &first, 0, now)
+            .await
+            .unwrap(),
+        Cas::Conflict,
+        "no such machine"
+    );
 }

@@ -602,6 +602,74 @@ impl WorkflowStore for SqliteStore {
         let bytes = log_range(self.reader(), &id, from, to).await?;
         Ok(Some((bytes, len)))
     }
+
+    async fn machine_params(&self, machine: MachineId) -> StoreResult<Option<MachineParams>> {
+        let id = machine.to_string();
+        let row = sqlx::query(
+            "SELECT p.profiles, p.params, p.version FROM machines m \
+             LEFT JOIN machine_params p ON p.machine_id = m.id WHERE m.id = ?",
+        )
+        .bind(&id)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let Some(version) = row.try_get::<Option<i64>, _>("version").map_err(db)? else {
+            return Ok(Some(MachineParams::default()));
+        };
+        let profiles: String = row.try_get("profiles").map_err(db)?;
+        let params: String = row.try_get("params").map_err(db)?;
+        Ok(Some(MachineParams {
+            profiles: serde_json::from_str(&profiles)
+                .map_err(|e| corrupt("machine profiles", e))?,
+            params: serde_json::from_str(&params).map_err(|e| corrupt("machine params", e))?,
+            version,
+        }))
+    }
+
+    async fn set_machine_params(
+        &self,
+        machine: MachineId,
+        params: &MachineParams,
+        expected: i64,
+        now: OffsetDateTime,
+    ) -> StoreResult<super::Cas> {
+        let id = machine.to_string();
+        let (profiles, values) = (json(&params.profiles)?, json(&params.params)?);
+        // Version 0 means "never set": insert, which fails on a race (the row exists) and on a
+        // missing machine (the foreign key) alike; later versions update only what was read.
+        let done = if expected == 0 {
+            sqlx::query(
+                "INSERT INTO machine_params (machine_id, profiles, params, version, updated_at) \
+                 SELECT id, ?, ?, 1, ? FROM machines WHERE id = ? \
+                 ON CONFLICT (machine_id) DO NOTHING",
+            )
+            .bind(&profiles)
+            .bind(&values)
+            .bind(to_ms(now))
+            .bind(&id)
+        } else {
+            sqlx::query(
+                "UPDATE machine_params SET profiles = ?, params = ?, version = version + 1, \
+                 updated_at = ? WHERE machine_id = ? AND version = ?",
+            )
+            .bind(&profiles)
+            .bind(&values)
+            .bind(to_ms(now))
+            .bind(&id)
+            .bind(expected)
+        }
+        .execute(self.writer())
+        .await
+        .map_err(db)?
+        .rows_affected()
+            == 1;
+        Ok(if done {
+            super::Cas::Done(expected + 1)
+        } else {
+            super::Cas::Conflict
+        })
+    }
 }
 
 /// The boot environment whose script minted a bootstrap token (inside the enrollment

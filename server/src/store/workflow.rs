@@ -189,6 +189,17 @@ pub enum LogAppend {
     Conflict(u64),
 }
 
+/// A machine's own params and its profiles, as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MachineParams {
+    /// Profile names, in order (`global` is always under them, whether listed or not).
+    pub profiles: Vec<String>,
+    /// The machine's own values, over every profile.
+    pub params: std::collections::BTreeMap<String, Value>,
+    /// Bumped on every change; 0 before the first.
+    pub version: i64,
+}
+
 /// Store methods of workflows.
 #[async_trait]
 pub trait WorkflowStore: Send + Sync {
@@ -265,6 +276,20 @@ pub trait WorkflowStore: Send + Sync {
         offset: u64,
         data: &[u8],
     ) -> StoreResult<Option<LogAppend>>;
+
+    /// A machine's own params and profiles (empty at version 0 when never set); `None` when
+    /// there is no such machine.
+    async fn machine_params(&self, machine: MachineId) -> StoreResult<Option<MachineParams>>;
+
+    /// Replace a machine's params and profiles if they are still at `expected` version
+    /// (`params.version` is ignored). `Cas::Conflict` also when there is no such machine.
+    async fn set_machine_params(
+        &self,
+        machine: MachineId,
+        params: &MachineParams,
+        expected: i64,
+        now: OffsetDateTime,
+    ) -> StoreResult<super::Cas>;
 
     /// Up to `max` bytes of an attempt's log from `offset`, and the log's length.
     async fn read_log(

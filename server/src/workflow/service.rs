@@ -3,7 +3,6 @@
 //! work and reports attempts. Every call is one [`WorkflowStore::step_run`] (or `start_run`):
 //! the pure [`step`] applied and committed with its effects in one transaction.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,7 +226,7 @@ async fn render(
         .get(task)
         .ok_or_else(|| format!("task {task} is not in stage `{}`", st.name))?;
     let (_, content) = current_content(app).await.map_err(|e| e.to_string())?;
-    let resolved = Resolved::resolve(&content, &BTreeMap::new(), &[]).map_err(|e| e.to_string())?;
+    let resolved = machine_values(app, machine, &content).await?;
     let record = app
         .store
         .get_machine(machine)
@@ -260,6 +259,22 @@ async fn render(
         timeout_secs: t.timeout_secs,
         redact: rendered.secrets,
     })
+}
+
+/// A machine's param values as its tasks are rendered now: its own params, then its profiles
+/// in order, then `global`, then defaults. Err: every problem, as one message naming them.
+pub async fn machine_values(
+    app: &App,
+    machine: MachineId,
+    content: &ContentSet,
+) -> Result<Resolved, String> {
+    let own = app
+        .store
+        .machine_params(machine)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("machine {machine} is gone"))?;
+    Resolved::resolve(content, &own.params, &own.profiles).map_err(|e| e.to_string())
 }
 
 /// The agent is about to start `attempt`. Err(Refused) when it must not.
