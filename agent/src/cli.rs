@@ -38,6 +38,44 @@ enum Command {
     /// certificate and kept-alive mutual-TLS connection, and report enrolls/s, heartbeat
     /// latency and errors (scripts/bench-agents).
     Simulate(SimulateArgs),
+    /// Simulate COUNT machines that PXE-boot, enroll and run their workflows to the end
+    /// through the agent's real job code; report stage transitions/s and job-dispatch latency
+    /// (scripts/bench-workflows).
+    SimulateWorkflow(SimulateWorkflowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateWorkflowArgs {
+    /// Enrollment URL, e.g. https://127.0.0.1:8443.
+    #[arg(long, env = "ANNEAL_URL")]
+    server: String,
+    /// The server CA's fingerprint, `sha256:HEX`.
+    #[arg(long, env = "ANNEAL_CA_FINGERPRINT")]
+    ca_fingerprint: String,
+    /// The boot listener, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    boot_url: String,
+    /// Number of simulated machines.
+    #[arg(long)]
+    count: u32,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 64)]
+    enroll_concurrency: usize,
+    /// First simulated machine number (identities derive from it).
+    #[arg(long, default_value_t = 0)]
+    id_base: u32,
+    /// Seconds between heartbeats while a machine waits for work.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_secs: u64,
+    /// Machines not finished after this many seconds give up.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Append `MACHINE LABEL` to this file for every `noop` job run.
+    #[arg(long)]
+    witness: Option<PathBuf>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,6 +220,25 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_stdout(&serde_json::to_string_pretty(&report)?)
             } else {
                 print_stdout(&report.summary())
+            }
+        }
+        Command::SimulateWorkflow(a) => {
+            let report =
+                crate::simulate_workflow::run(crate::simulate_workflow::WorkflowSimConfig {
+                    url: a.server,
+                    ca_fingerprint: a.ca_fingerprint,
+                    boot_url: a.boot_url,
+                    count: a.count,
+                    enroll_concurrency: a.enroll_concurrency,
+                    id_base: a.id_base,
+                    heartbeat_secs: a.heartbeat_secs,
+                    timeout_secs: a.timeout_secs,
+                    witness: a.witness,
+                })
+                .await?;
+            match a.json {
+                true => print_stdout(&serde_json::to_string_pretty(&report)?),
+                false => print_stdout(&report.summary()),
             }
         }
         Command::Run(a) => {

@@ -121,7 +121,7 @@ where
 }
 
 /// Acknowledge, run, stream and report one job.
-async fn run_job(session: &Session, exec: &Executor, job: &Job) -> Result<(), ClientError> {
+pub async fn run_job(session: &Session, exec: &Executor, job: &Job) -> Result<(), ClientError> {
     tracing::info!(attempt = %job.attempt, stage = %job.stage, task = %job.task, "job received");
     match retrying("acknowledging the job", || {
         session.start_attempt(job.attempt)
@@ -180,6 +180,11 @@ async fn run_job(session: &Session, exec: &Executor, job: &Job) -> Result<(), Cl
                     Ok(v) => Outcome::ok(None, Some(v)),
                     Err(reason) => Outcome::failed(None, reason),
                 }
+            }
+            // The built-in action that does nothing: for trying workflows out and benchmarks.
+            None if name == "noop" => {
+                push(&log, &mut redactor, b"anneal-agent: noop\n");
+                Outcome::ok(None, Some(serde_json::json!({})))
             }
             None => Outcome::failed(None, format!("this agent has no action `{name}`")),
         },

@@ -8,6 +8,7 @@ pub mod joblog;
 pub mod jobs;
 pub mod runner;
 pub mod simulate;
+pub mod simulate_workflow;
 pub mod state;
 pub mod status;
 pub mod tls;

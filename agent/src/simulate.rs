@@ -227,6 +227,22 @@ impl Report {
     }
 }
 
+/// `(phase:kind, message)` of a client error, as the reports count them.
+pub fn labelled(phase: &str, e: &ClientError) -> (String, String) {
+    (format!("{phase}:{}", error_kind(e)), format!("{e:#}"))
+}
+
+/// Count one error of `kind` and keep its first example.
+pub fn tally(
+    counts: &mut BTreeMap<String, u64>,
+    examples: &mut BTreeMap<String, String>,
+    kind: String,
+    example: String,
+) {
+    *counts.entry(kind.clone()).or_default() += 1;
+    examples.entry(kind).or_insert(example);
+}
+
 /// A short, stable name for an error, for counting.
 pub fn error_kind(e: &ClientError) -> String {
     match e {
@@ -598,8 +614,7 @@ struct AgentResult {
 
 impl AgentResult {
     fn error(&mut self, phase: &str, e: &ClientError) {
-        self.errors
-            .push((format!("{phase}:{}", error_kind(e)), format!("{e:#}")));
+        self.errors.push(labelled(phase, e));
     }
 }
 
@@ -794,11 +809,8 @@ pub async fn run(cfg: SimConfig) -> Result<Report> {
         let r = match t.await {
             Ok(r) => r,
             Err(e) => {
-                *report.errors.entry("sim:task_panicked".into()).or_default() += 1;
-                report
-                    .error_examples
-                    .entry("sim:task_panicked".into())
-                    .or_insert_with(|| e.to_string());
+                let (counts, examples) = (&mut report.errors, &mut report.error_examples);
+                tally(counts, examples, "sim:task_panicked".into(), e.to_string());
                 continue;
             }
         };
@@ -822,8 +834,7 @@ pub async fn run(cfg: SimConfig) -> Result<Report> {
             }
         }
         for (kind, msg) in r.errors {
-            *report.errors.entry(kind.clone()).or_default() += 1;
-            report.error_examples.entry(kind).or_insert(msg);
+            tally(&mut report.errors, &mut report.error_examples, kind, msg);
         }
     }
     if report.min_heartbeats_per_agent == u64::MAX {

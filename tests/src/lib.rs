@@ -2,6 +2,7 @@
 //! directory, and real agents (the agent crate's own client) talking to it over real TLS.
 
 pub mod link;
+pub mod process;
 pub mod pxe;
 pub mod rack;
 pub mod workflow;

@@ -10,7 +10,7 @@ use anneal_shared::content::{Kind, BOOTENV_DISCOVERY, BOOTENV_LOCAL};
 
 /// The built-in agent actions a task may name in `action:`. The one list: the agent's
 /// executor implements exactly these.
-pub const ACTIONS: &[&str] = &["inventory"];
+pub const ACTIONS: &[&str] = &["inventory", "noop"];
 
 /// The longest name an object may have.
 pub const MAX_NAME_LEN: usize = 64;
