@@ -211,6 +211,16 @@ async fn the_debian_installer_boots_with_its_artifacts_and_a_preseed_for_the_mac
         !script.lines().any(|l| l.starts_with("kernel ")),
         "{script}"
     );
+    // And this machine's own disk, over the example's default.
+    let res = server
+        .http()
+        .patch(format!("{}/api/v1/machines/{id}/params", server.api_url))
+        .bearer_auth(&server.admin_token)
+        .json(&json!({ "set": { "debian.disk": "/dev/nvme0n1" } }))
+        .send()
+        .await
+        .expect("patch params");
+    assert_eq!(res.status(), 200);
     let run = retry(&server, id).await;
     assert_eq!(run["phase"], "booting", "{run:#}");
 
@@ -261,7 +271,8 @@ async fn the_debian_installer_boots_with_its_artifacts_and_a_preseed_for_the_mac
         format!("d-i passwd/root-password-crypted password {ROOT_HASH}\n"),
         "d-i mirror/http/hostname string deb.debian.org\n".into(),
         "d-i mirror/suite string bookworm\n".into(),
-        "d-i partman-auto/disk string /dev/sda\n".into(),
+        "d-i partman-auto/disk string /dev/nvme0n1\n".into(),
+        "d-i grub-installer/bootdev string /dev/nvme0n1\n".into(),
         "d-i pkgsel/include string openssh-server\n".into(),
         format!("({id})"),
     ] {
@@ -307,6 +318,9 @@ async fn the_debian_installer_boots_with_its_artifacts_and_a_preseed_for_the_mac
             .api_get(&format!("/api/v1/machines/{id}/workflow"))
             .await,
         server.api_get(&format!("/api/v1/machines/{id}")).await,
+        server
+            .api_get(&format!("/api/v1/machines/{id}/params"))
+            .await,
         server.api_get("/api/v1/machines").await,
         server.api_get("/api/v1/workflows").await,
         serde_json::to_value(jobs_of(&server, id).await).unwrap(),
