@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// serial port last so that it is /dev/console and serial-over-LAN shows the status line].
     #[arg(long, env = "ANNEAL_DISCOVERY_ARGS")]
     pub discovery_args: Option<String>,
+    /// Directory of operator boot environments' artifacts: environment NAME's kernel and initrds
+    /// are read from DIR/NAME/ [default: DATA_DIR/bootenvs].
+    #[arg(long, env = "ANNEAL_BOOTENVS_DIR")]
+    pub bootenvs_dir: Option<PathBuf>,
     /// TFTP listener, e.g. 0.0.0.0:69 [default: off — nothing listens unless this is set].
     #[arg(long, env = "ANNEAL_TFTP_LISTEN")]
     pub tftp_listen: Option<SocketAddr>,
@@ -86,6 +90,7 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     discovery_dir: Option<PathBuf>,
     discovery_args: Option<String>,
+    bootenvs_dir: Option<PathBuf>,
     tftp_listen: Option<SocketAddr>,
     tftp_root: Option<PathBuf>,
     ipxe_dir: Option<PathBuf>,
@@ -118,6 +123,8 @@ pub struct Config {
     pub discovery_dir: PathBuf,
     /// Extra kernel arguments for the discovery image.
     pub discovery_args: String,
+    /// Operator boot environments' artifacts, one directory per environment.
+    pub bootenvs_dir: PathBuf,
     /// TFTP listener; `None` means TFTP is off.
     pub tftp_listen: Option<SocketAddr>,
     /// TFTP root directory.
@@ -193,6 +200,11 @@ impl Config {
                     .or(file.discovery_args)
                     .unwrap_or_else(|| DEFAULT_DISCOVERY_ARGS.to_string()),
             )?,
+            bootenvs_dir: args
+                .bootenvs_dir
+                .clone()
+                .or(file.bootenvs_dir)
+                .unwrap_or_else(|| data_dir.join("bootenvs")),
             tftp_listen: args.tftp_listen.or(file.tftp_listen),
             tftp_root: args
                 .tftp_root
@@ -296,18 +308,20 @@ mod tests {
         assert_eq!(c.agent_listen.port(), 8444, "default");
         assert_eq!(c.http_listen.port(), 8080, "default");
         assert!(c.discovery_dir.ends_with("anneal-data/images/discovery"));
+        assert!(c.bootenvs_dir.ends_with("anneal-data/bootenvs"));
         assert!(c.database.ends_with("anneal-data/anneal.db"));
         assert_eq!(c.tftp_listen, None, "TFTP is off unless asked for");
         assert!(c.tftp_root.ends_with("anneal-data/tftp"));
         assert_eq!(c.ipxe_dir, PathBuf::from("/usr/lib/ipxe"));
         std::fs::write(
             &path,
-            "tftp_listen = \"127.0.0.1:6969\"\nipxe_dir = \"/x\"\n",
+            "tftp_listen = \"127.0.0.1:6969\"\nipxe_dir = \"/x\"\nbootenvs_dir = \"/envs\"\n",
         )
         .unwrap();
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.tftp_listen, Some("127.0.0.1:6969".parse().unwrap()));
         assert_eq!(c.ipxe_dir, PathBuf::from("/x"));
+        assert_eq!(c.bootenvs_dir, PathBuf::from("/envs"));
 
         std::fs::write(&path, "requre_approval = true\n").unwrap();
         let err = format!("{:#}", Config::resolve(&args).unwrap_err());

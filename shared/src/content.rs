@@ -90,6 +90,10 @@ pub struct BootEnv {
     /// need it; a stage in an environment without it is done once its script was served.
     #[serde(default)]
     pub agent: bool,
+    /// Booting it destroys data (an OS installer that partitions the disks), like a
+    /// destructive task: a workflow that boots it is destructive.
+    #[serde(default)]
+    pub destructive: bool,
 }
 
 /// A unit of work on a machine: a shell script template or a built-in agent action.

@@ -12,12 +12,18 @@
 //!   (`POST /api/v1/machines/{id}/rediscover`). A machine is looked up by SMBIOS UUID (and its
 //!   byte-swapped form) through the identifiers, then by MAC through the boot-MAC index — for
 //!   routing only, never for identity.
+//!   Machines whose workflow put them into an operator's boot environment get its script
+//!   (see [`custom`]).
+//! - `GET /boot/files/<token>/<name>` — an operator environment's per-machine files (an
+//!   installer's preseed), behind a signed per-boot token (see [`file_token`]).
 //! - `GET|HEAD /artifacts/<sha256>/<name>` — kernels and initrds, content-addressed
 //!   (see [`artifacts`]).
 //! - Anything else answers 200 with a script that says what went wrong and retries: iPXE stops
 //!   on a 404 (tinkerbell/tinkerbell#424), and a machine must never be left stuck.
 //!
-//! **Secrets.** Nothing marked secret is ever rendered into anything served here. The one
+//! **Secrets.** Nothing marked secret is ever rendered into a script. The per-machine files of
+//! an operator environment may hold secret params; they are served only behind a signed
+//! per-boot token that only the machine's own script carries ([`file_token`]). The other
 //! designed exception is the bootstrap token on the discovery kernel command line: minted at
 //! render time, single-use, valid for [`BOOT_TOKEN_TTL_SECS`], bound to the MAC that fetched
 //! the script (enrollment must present that MAC) and, for a known machine's rediscovery, bound
@@ -26,7 +32,9 @@
 //! to enroll, which is visible.
 
 pub mod artifacts;
+mod custom;
 mod file_body;
+pub mod file_token;
 pub mod http_boot;
 mod listener;
 pub mod render;
@@ -55,6 +63,7 @@ use crate::store::BootstrapTokenRecord;
 use crate::tokens::{hash_secret, new_secret, public_id, BOOTSTRAP_PREFIX};
 
 use artifacts::Artifacts;
+use file_token::FileTokens;
 use render::{error_script, Templates};
 
 /// Lifetime of a bootstrap token minted into a discovery script.
@@ -71,6 +80,7 @@ pub struct Boot {
     app: Arc<App>,
     templates: Templates,
     artifacts: Artifacts,
+    file_tokens: FileTokens,
 }
 
 /// Both ends of an HTTP connection: the local address is how the client reached us.
@@ -98,6 +108,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 fn boot_state(app: Arc<App>) -> Arc<Boot> {
     Arc::new(Boot {
+        file_tokens: FileTokens::new(&app.ca.key_pem()),
         app,
         templates: Templates::new(),
         artifacts: Artifacts::default(),
@@ -108,6 +119,7 @@ fn routes(boot: Arc<Boot>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(entry))
         .route("/boot/machine.ipxe", get(machine_script))
+        .route("/boot/files/{token}/{name}", get(env_file))
         .route("/artifacts/{sha256}/{name}", get(artifact))
         .route("/ipxe/{*name}", get(firmware_file))
         .fallback(unknown)
@@ -203,6 +215,23 @@ async fn artifact(
     req: Request,
 ) -> Response {
     boot.artifacts.serve(&sha256, &name, req).await
+}
+
+async fn env_file(
+    State(boot): State<Arc<Boot>>,
+    ConnectInfo(conn): ConnectInfo<ConnAddrs>,
+    headers: HeaderMap,
+    Path((token, name)): Path<(String, String)>,
+) -> Response {
+    let (authority, _) = reached_as(&headers, &conn);
+    custom::file(
+        &boot,
+        &token,
+        &name,
+        &format!("http://{authority}"),
+        conn.remote,
+    )
+    .await
 }
 
 async fn firmware_file(
@@ -329,16 +358,17 @@ async fn choose_and_render(
         }
         return ("local", machine, body);
     }
-    if env != BOOTENV_DISCOVERY {
-        tracing::warn!(%mac, machine = %machine, env, "boot environment not servable");
-        return (
-            "error",
-            machine,
-            error_script(
-                &format!("boot environment `{env}` has no script on this server"),
-                retry,
-            ),
-        );
+    if let (Some(m), false) = (&found, env == BOOTENV_DISCOVERY) {
+        let booting = custom::Booting {
+            machine: m.id,
+            mac: &mac,
+            env,
+            base_url,
+            host,
+            retry,
+        };
+        let (label, body) = custom::script(boot, &booting).await;
+        return (label, machine, body);
     }
 
     // Discovery: the image must be there before a token is minted for it.
@@ -370,36 +400,21 @@ async fn choose_and_render(
         }
     };
 
-    let now = OffsetDateTime::now_utc();
-    let secret = new_secret(BOOTSTRAP_PREFIX);
-    let hash = hash_secret(&secret);
-    let record = BootstrapTokenRecord {
-        id: public_id(&hash),
-        hash,
-        uses_left: 1,
-        expires_at: now + time::Duration::seconds(BOOT_TOKEN_TTL_SECS),
-        mac: Some(mac.clone()),
-        description: Some(format!("PXE boot of {mac} ({machine})")),
-        created_at: now,
-    };
-    if let Err(e) = boot
-        .app
-        .store
-        .insert_boot_token(
-            &record,
-            found.as_ref().map(|m| m.id),
-            Some(BOOTENV_DISCOVERY),
-        )
-        .await
-    {
-        tracing::error!(error = %e, %mac, "minting a boot token failed");
+    let Some(agent) = agent_boot(
+        boot,
+        &mac,
+        found.as_ref().map(|m| m.id),
+        BOOTENV_DISCOVERY,
+        host,
+    )
+    .await
+    else {
         return (
             "error",
             machine,
             error_script("the server could not mint a bootstrap token", retry),
         );
-    }
-    tracing::info!(token_id = %record.id, %mac, machine = %machine, "bootstrap token minted for a discovery boot");
+    };
     let ctx = context! {
         mac => mac.clone(),
         machine => machine.clone(),
@@ -407,10 +422,10 @@ async fn choose_and_render(
         initrd_url => format!("{base_url}/artifacts/{}/{INITRD_NAME}", hashes.1),
         initrd_name => INITRD_NAME,
         kernel_args => boot.app.config.discovery_args.clone(),
-        anneal_url => format!("https://{host}:{}", boot.app.config.api_listen.port()),
-        ca_fingerprint => boot.app.ca.fingerprint(),
-        bootif => format!("01-{}", mac.replace(':', "-")),
-        token => secret,
+        anneal_url => agent.anneal_url,
+        ca_fingerprint => agent.ca_fingerprint,
+        bootif => agent.bootif,
+        token => agent.token,
         base_url => base_url,
     };
     match boot.templates.render("discovery", ctx, retry) {
@@ -422,4 +437,68 @@ async fn choose_and_render(
         }
         Err(error_body) => ("error", machine, error_body),
     }
+}
+
+/// What the agent of a booting environment needs on its kernel command line to enroll.
+struct AgentBoot {
+    /// The operator listener, as the machine reached this server.
+    anneal_url: String,
+    /// The CA fingerprint it pins.
+    ca_fingerprint: String,
+    /// `01-aa-bb-…`: the MAC it booted from.
+    bootif: String,
+    /// A single-use bootstrap token bound to that MAC (and the known machine, if any).
+    token: String,
+}
+
+impl AgentBoot {
+    /// The kernel arguments, keys as `anneal_shared::cmdline` names them.
+    fn kernel_args(&self) -> String {
+        use anneal_shared::cmdline::{BOOTIF, CA, TOKEN, URL};
+        format!(
+            "{URL}={} {CA}={} {BOOTIF}={} {TOKEN}={}",
+            self.anneal_url, self.ca_fingerprint, self.bootif, self.token
+        )
+    }
+}
+
+/// Mint a bootstrap token for a machine booting `env` from `mac` (a known `machine`, or a new
+/// one), recorded so that its enrollment proves the boot came from `env`'s script. `None` (and
+/// logged) when the store fails.
+async fn agent_boot(
+    boot: &Boot,
+    mac: &str,
+    machine: Option<anneal_shared::MachineId>,
+    env: &str,
+    host: &str,
+) -> Option<AgentBoot> {
+    let now = OffsetDateTime::now_utc();
+    let secret = new_secret(BOOTSTRAP_PREFIX);
+    let hash = hash_secret(&secret);
+    let label = machine.map_or_else(|| "unknown".to_string(), |m| m.to_string());
+    let record = BootstrapTokenRecord {
+        id: public_id(&hash),
+        hash,
+        uses_left: 1,
+        expires_at: now + time::Duration::seconds(BOOT_TOKEN_TTL_SECS),
+        mac: Some(mac.to_string()),
+        description: Some(format!("PXE boot of {mac} ({label})")),
+        created_at: now,
+    };
+    if let Err(e) = boot
+        .app
+        .store
+        .insert_boot_token(&record, machine, Some(env))
+        .await
+    {
+        tracing::error!(error = %e, %mac, env, "minting a boot token failed");
+        return None;
+    }
+    tracing::info!(token_id = %record.id, %mac, machine = %label, env, "bootstrap token minted for a boot");
+    Some(AgentBoot {
+        anneal_url: format!("https://{host}:{}", boot.app.config.api_listen.port()),
+        ca_fingerprint: boot.app.ca.fingerprint(),
+        bootif: format!("01-{}", mac.replace(':', "-")),
+        token: secret,
+    })
 }

@@ -45,6 +45,27 @@ prompt --timeout {{ retry_ms }} Retrying in {{ retry_secs }} seconds, or press a
 chain --replace {{ base_url }}/boot.ipxe || goto failed
 "#;
 
+// An operator's boot environment given as a kernel, initrds and kernel arguments (one with
+// its own `ipxe` script is rendered by `content::bootenv` instead). `initrd=NAME` for each
+// initrd, as for discovery: Debian's old iPXE under UEFI hands the kernel only initrds the
+// command line names. A failed fetch retries this same script rather than /boot.ipxe: an
+// environment without the agent is left (the run moves on) as soon as its script is served,
+// so /boot.ipxe would already answer with the next stage's script.
+const ENV: &str = r#"#!ipxe
+# Anneal: boot environment {{ env }} for {{ mac }} ({{ machine }}).
+:retry
+echo Anneal: booting {{ env }} for {{ machine }}
+kernel {{ kernel_url }}{% for i in initrds %} initrd={{ i.name }}{% endfor %} {{ kernel_args }} || goto failed
+{%- for i in initrds %}
+initrd {{ i.url }} || goto failed
+{%- endfor %}
+boot || goto failed
+:failed
+echo Anneal: fetching or starting {{ env }} failed
+prompt --timeout {{ retry_ms }} Retrying in {{ retry_secs }} seconds, or press any key... ||
+goto retry
+"#;
+
 // Local boot. Why these commands:
 // - UEFI (`efi`): `exit 1`. A bare `exit` returns status 0, which iPXE hands to the firmware as
 //   EFI_SUCCESS; the UEFI boot manager then stops walking the boot order and many machines
@@ -102,7 +123,13 @@ impl Templates {
                 .build()
                 .expect("syntax config"),
         );
-        for (name, src) in [("entry", ENTRY), ("discovery", DISCOVERY), ("local", LOCAL)] {
+        let all = [
+            ("entry", ENTRY),
+            ("discovery", DISCOVERY),
+            ("local", LOCAL),
+            ("env", ENV),
+        ];
+        for (name, src) in all {
             env.add_template(name, src)
                 .expect("built-in iPXE templates parse");
         }
@@ -151,7 +178,7 @@ pub fn error_script(message: &str, retry_url: &str) -> String {
 pub fn ipxe_safe(s: &str, max: usize) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || " .,:;/_-=+?()[]@%'\"<>!*".contains(c) {
+            if crate::content::template::is_ipxe_plain(c) {
                 c
             } else {
                 '_'
@@ -255,6 +282,49 @@ mod tests {
                 "never a bare exit: {s}"
             );
         }
+    }
+
+    #[test]
+    fn an_operator_environment_loads_its_kernel_and_initrds_in_order() {
+        let t = Templates::new();
+        let initrd = |name: &str| {
+            minijinja::Value::from_pairs([
+                ("name", minijinja::Value::from(name)),
+                (
+                    "url",
+                    minijinja::Value::from(format!("http://h/artifacts/x/{name}")),
+                ),
+            ])
+        };
+        let s = t
+            .render(
+                "env",
+                context! {
+                    env => "debian-installer",
+                    mac => "52:54:00:12:34:56",
+                    machine => "m1",
+                    kernel_url => "http://h/artifacts/k/linux",
+                    initrds => vec![initrd("initrd.gz"), initrd("firmware.cpio.gz")],
+                    kernel_args => "auto=true priority=critical",
+                },
+                RETRY,
+            )
+            .unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "#!ipxe");
+        let kernel = lines.iter().position(|l| l.starts_with("kernel ")).unwrap();
+        assert_eq!(
+            &lines[kernel..kernel + 4],
+            [
+                "kernel http://h/artifacts/k/linux initrd=initrd.gz initrd=firmware.cpio.gz auto=true priority=critical || goto failed",
+                "initrd http://h/artifacts/x/initrd.gz || goto failed",
+                "initrd http://h/artifacts/x/firmware.cpio.gz || goto failed",
+                "boot || goto failed",
+            ]
+        );
+        // A failure retries this script, never /boot.ipxe (the run may have moved on).
+        assert!(s.ends_with("goto retry\n"), "{s}");
+        assert!(!s.contains("chain"), "{s}");
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! - [`builtin`]: the embedded defaults (`server/content/*.yaml`).
 //! - [`params`]: a machine's param values through its layers; tasks rendered strictly; secrets
 //!   redacted and masked.
+//! - [`bootenv`]: an operator's boot environment (kernel arguments, iPXE script, files)
+//!   rendered for a machine, secrets only in its files.
 //! - [`template`]: the strict minijinja environment they share.
 //! - [`error`]: the one error shape for loading and validating.
 
+pub mod bootenv;
 pub mod builtin;
 pub mod error;
 pub mod load;
@@ -20,6 +23,8 @@ pub mod set;
 pub mod template;
 pub mod validate;
 
+#[cfg(test)]
+mod bootenv_tests;
 #[cfg(test)]
 mod load_tests;
 #[cfg(test)]

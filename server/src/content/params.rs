@@ -102,6 +102,12 @@ pub enum ParamError {
         /// The profile.
         name: String,
     },
+    /// A template that is not secret (a boot script, kernel arguments) uses a secret param.
+    #[error("param {name:?} is secret and cannot be used here (only in a boot environment's `templates`, served to the machine alone)")]
+    Secret {
+        /// The param.
+        name: String,
+    },
     /// A template failed for another reason (a machine field without a value, a filter error).
     #[error("{field}: {message}")]
     Template {
@@ -221,6 +227,14 @@ impl Resolved {
             .collect()
     }
 
+    /// Every value, secret ones only when `secrets`: what a template may see.
+    pub fn values(&self, secrets: bool) -> BTreeMap<String, Value> {
+        (self.values.iter())
+            .filter(|(name, _)| secrets || !self.is_secret(name))
+            .map(|(name, p)| (name.clone(), p.value.clone()))
+            .collect()
+    }
+
     fn is_secret(&self, name: &str) -> bool {
         self.defs.get(name).is_some_and(|d| d.secret)
     }
@@ -317,7 +331,7 @@ pub fn render_task(
         return Err(fail(errors));
     }
 
-    let renderer = Renderer::new(task, resolved, params, machine);
+    let renderer = Renderer::new(Scope::task(task), resolved, params, machine);
     let script = match &task.script {
         Some(source) => match renderer.render("script", source) {
             Ok(s) => Some(s),
@@ -382,19 +396,50 @@ pub fn describe_value(v: &Value, secret: bool) -> String {
     }
 }
 
-/// Renders one task's templates, and names the param or machine field a failed render
-/// missed.
-struct Renderer<'a> {
+/// What a [`Renderer`]'s templates see besides `params` and `machine`, and which params they
+/// may use.
+pub struct Scope<'a> {
+    /// The template environment ([`template::environment`], or one that checks what it prints).
+    pub env: minijinja::Environment<'static>,
+    /// The params the templates may use: a task's `params`; `None`: every defined param.
+    pub listed: Option<&'a [String]>,
+    /// Secret params were left out of `params`: using one is an error that says so.
+    pub secrets_left_out: bool,
+    /// Further maps read by key (`files["preseed.cfg"]`), tracked like `params`: a missing key
+    /// is an error naming it.
+    pub maps: Vec<(&'static str, BTreeMap<String, Value>)>,
+    /// Plain values (`mac`, `base_url`).
+    pub vars: Vec<(&'static str, Value)>,
+}
+
+impl Scope<'_> {
+    /// A task's scope: its listed params, nothing else.
+    fn task(task: &Task) -> Scope<'_> {
+        Scope {
+            env: template::environment(),
+            listed: Some(&task.params),
+            secrets_left_out: false,
+            maps: Vec::new(),
+            vars: Vec::new(),
+        }
+    }
+}
+
+/// Renders templates strictly over a machine's params and facts (and a [`Scope`]'s further
+/// values), and names the param or machine field a failed render missed.
+pub struct Renderer<'a> {
     env: minijinja::Environment<'static>,
-    task: &'a Task,
+    listed: Option<&'a [String]>,
+    secrets_left_out: bool,
     resolved: &'a Resolved,
     ctx: minijinja::Value,
     misses: Arc<Mutex<Vec<Miss>>>,
 }
 
 impl<'a> Renderer<'a> {
-    fn new(
-        task: &'a Task,
+    /// A renderer over `params` (the values the templates may see) and `machine`.
+    pub fn new(
+        scope: Scope<'a>,
         resolved: &'a Resolved,
         params: BTreeMap<String, Value>,
         machine: &MachineContext,
@@ -402,20 +447,29 @@ impl<'a> Renderer<'a> {
         let misses = Arc::new(Mutex::new(Vec::new()));
         let machine = serde_json::to_value(machine).unwrap_or(Value::Null);
         let machine = machine.as_object().cloned().unwrap_or_default();
-        let ctx = minijinja::context! {
-            params => Tracked::value("params", params, &misses),
-            machine => Tracked::value("machine", machine.into_iter().collect(), &misses),
-        };
+        let mut top = vec![
+            ("params", Tracked::value("params", params, &misses)),
+            (
+                "machine",
+                Tracked::value("machine", machine.into_iter().collect(), &misses),
+            ),
+        ];
+        for (name, map) in scope.maps {
+            top.push((name, Tracked::value(name, map, &misses)));
+        }
+        top.extend(scope.vars.iter().map(|(name, v)| (*name, to_jinja(v))));
         Renderer {
-            env: template::environment(),
-            task,
+            env: scope.env,
+            listed: scope.listed,
+            secrets_left_out: scope.secrets_left_out,
             resolved,
-            ctx,
+            ctx: minijinja::Value::from_pairs(top),
             misses,
         }
     }
 
-    fn render(&self, field: &str, source: &str) -> Result<String, ParamError> {
+    /// Render `source`; `field` names it in errors (`script`, `templates.preseed.cfg`).
+    pub fn render(&self, field: &str, source: &str) -> Result<String, ParamError> {
         let before = self.misses_len();
         let e = match self.env.render_named_str(field, source, &self.ctx) {
             Ok(s) => return Ok(s),
@@ -446,9 +500,12 @@ impl<'a> Renderer<'a> {
     }
 
     fn param_error(&self, name: String) -> ParamError {
-        if self.task.params.contains(&name) {
+        let def = self.resolved.defs.get(&name);
+        if self.secrets_left_out && def.is_some_and(|d| d.secret) {
+            ParamError::Secret { name }
+        } else if self.listed.is_none_or(|l| l.contains(&name)) && def.is_some() {
             ParamError::NoValue { name }
-        } else if self.resolved.defs.contains_key(&name) {
+        } else if def.is_some() {
             ParamError::NotListed { name }
         } else {
             let by = "the template".to_string();

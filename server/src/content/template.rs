@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
 /// A strict environment. Trailing newlines are kept: scripts and config files end with one.
@@ -18,6 +18,31 @@ pub fn environment() -> Environment<'static> {
     {
         env.set_syntax(syntax);
     }
+    env
+}
+
+/// Whether `c` means nothing special to iPXE's command parser: no `$` (setting expansion), no
+/// `|` `&` (`||`, `&&`), no `#`, no whitespace but the space, no control characters.
+pub fn is_ipxe_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " .,:;/_-=+?()[]@%'\"<>!*".contains(c)
+}
+
+/// A strict environment for text that becomes part of an iPXE script (a boot environment's own
+/// script, its kernel arguments): every value printed must be plain iPXE text
+/// ([`is_ipxe_plain`]), so no param or machine fact can add a command or expand a setting. The
+/// template's own text is the operator's and is left alone.
+pub fn ipxe_environment() -> Environment<'static> {
+    let mut env = environment();
+    env.set_formatter(|out, state, value| {
+        // Only the offending character is named: the value may be anything.
+        if let Some(c) = value.to_string().chars().find(|c| !is_ipxe_plain(*c)) {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("a printed value contains {c:?}, which iPXE would interpret"),
+            ));
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env
 }
 

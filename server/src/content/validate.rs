@@ -138,6 +138,10 @@ impl Checker<'_> {
                     self.report(Kind::BootEnv, name, format!("{field}: {why}"));
                 }
             }
+            for file in env.templates.keys().filter(|f| !is_plain_file_name(f)) {
+                let why = "may have only letters, digits and . _ + - (it becomes part of a URL)";
+                self.report(Kind::BootEnv, name, format!("templates: {file:?} {why}"));
+            }
         }
     }
 
@@ -254,12 +258,23 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Artifacts are files in the environment's own directory: no way out of it.
+/// Artifacts are files in the environment's own directory: no way out of it. Their names end
+/// up in URLs in an iPXE script, so they are plain.
 fn check_artifact(file: &str) -> Result<(), &'static str> {
     let escapes = file.starts_with('/') || file.split('/').any(|part| part == "..");
     if file.is_empty() || escapes {
         Err("must be a relative path inside the environment's artifact directory")
+    } else if !file.split('/').all(is_plain_file_name) {
+        Err("may have only letters, digits and . _ + - between its slashes (it becomes part of a URL in an iPXE script)")
     } else {
         Ok(())
     }
+}
+
+/// A file name that is safe in a URL path and an iPXE script, and no dot-file.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && (name.chars()).all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
 }

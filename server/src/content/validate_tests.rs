@@ -194,6 +194,22 @@ fn boot_envs_need_a_kernel_or_ipxe_and_stay_in_their_directory() {
 }
 
 #[test]
+fn artifact_and_file_names_are_plain_enough_for_urls_in_scripts() {
+    assert_eq!(
+        problem("kind: boot_env\nname: e\nkernel: \"vm linuz${x}\"\n"),
+        r#"kernel: "vm linuz${x}" may have only letters, digits and . _ + - between its slashes (it becomes part of a URL in an iPXE script)"#
+    );
+    assert_eq!(
+        problem("kind: boot_env\nname: e\nkernel: linux\ntemplates:\n  \"pre seed?\": x\n"),
+        r#"templates: "pre seed?" may have only letters, digits and . _ + - (it becomes part of a URL)"#
+    );
+    assert!(problems(
+        "kind: boot_env\nname: e\nkernel: debian/linux\ninitrds: [initrd.gz]\ntemplates:\n  preseed.cfg: x\n"
+    )
+    .is_empty());
+}
+
+#[test]
 fn the_reserved_boot_envs_cannot_be_redefined() {
     let p = problems("kind: boot_env\nname: discovery\nagent: true\n---\nkind: boot_env\nname: local\nipxe: exit\n");
     assert_eq!(

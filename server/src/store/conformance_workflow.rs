@@ -63,6 +63,7 @@ fn one_task_plan() -> Plan {
             name: "s".into(),
             boot_env: "discovery".into(),
             agent: true,
+            destructive_env: false,
             tasks: vec![Task {
                 name: "t".into(),
                 script: Some("true".into()),

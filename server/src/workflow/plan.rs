@@ -27,6 +27,9 @@ pub struct PlanStage {
     pub boot_env: String,
     /// Whether the agent runs in that environment (see `BootEnv::agent`).
     pub agent: bool,
+    /// Whether booting that environment destroys data (see `BootEnv::destructive`).
+    #[serde(default)]
+    pub destructive_env: bool,
     /// Its tasks, in order, as they were when pinned.
     pub tasks: Vec<Task>,
     /// What follows the last task.
@@ -38,11 +41,11 @@ pub struct PlanStage {
 }
 
 impl Plan {
-    /// Whether any task of the plan destroys data.
+    /// Whether any task of the plan, or any environment it boots, destroys data.
     pub fn destructive(&self) -> bool {
         self.stages
             .iter()
-            .any(|s| s.tasks.iter().any(|t| t.destructive))
+            .any(|s| s.destructive_env || s.tasks.iter().any(|t| t.destructive))
     }
 }
 
@@ -103,6 +106,7 @@ pub fn resolve(
             name: st.name.clone(),
             boot_env: env.name.clone(),
             agent: env.agent,
+            destructive_env: env.destructive,
             tasks,
             then: st.then,
             boot_timeout_secs: st.boot_timeout_secs.max(1),
@@ -171,6 +175,18 @@ mod tests {
             Some("echo hello")
         );
         assert!(plan.stages[0].agent);
+        assert!(!plan.destructive());
+    }
+
+    #[test]
+    fn a_destructive_environment_makes_the_plan_destructive() {
+        let mut objects = objects();
+        for o in &mut objects {
+            if let ContentObject::BootEnv(e) = o {
+                e.destructive = e.name == "discovery";
+            }
+        }
+        assert!(resolve(&objects, "w", 1).unwrap().destructive());
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub enum Event<'a> {
         /// What was wrong, naming the param.
         reason: &'a str,
     },
+    /// The machine's boot environment could not be rendered for it (a missing or ill-typed
+    /// param, a missing artifact): it was given a script that retries, and no reboot can help
+    /// until an operator fixes the cause, so a run booting into `env` fails at once.
+    BootUnrenderable {
+        /// The environment.
+        env: &'a str,
+        /// What was wrong, naming the param, file or artifact.
+        reason: &'a str,
+    },
     /// Time passes: deadlines are checked.
     Tick,
     /// Operator: run the failed task (or boot) again.
@@ -658,6 +667,15 @@ pub fn step(run: &mut Run, plan: &Plan, event: Event, ctx: &mut Ctx) -> Result<O
                 AttemptEnd::Failed(reason.clone()),
             ));
             run.set_phase(Phase::Failed { reason }, &mut out);
+        }
+        Event::BootUnrenderable { env, reason } => {
+            if matches!(&run.phase, Phase::Booting { env: want, .. } if want == env) {
+                let reason = format!(
+                    "stage `{}`: boot environment `{env}` cannot be rendered: {reason}",
+                    plan.stages[run.stage].name
+                );
+                run.set_phase(Phase::Failed { reason }, &mut out);
+            }
         }
         Event::Tick => tick(run, plan, ctx, &mut out),
         Event::Retry => match run.phase {

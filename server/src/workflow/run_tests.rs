@@ -25,6 +25,7 @@ fn stage(name: &str, env: &str, tasks: Vec<Task>, then: StageEnd) -> PlanStage {
         name: name.into(),
         boot_env: env.into(),
         agent: env != "local",
+        destructive_env: false,
         tasks,
         then,
         boot_timeout_secs: 600,
@@ -379,6 +380,63 @@ fn unrenderable_jobs_fail_at_once_naming_the_problem() {
         "{}",
         d.failure()
     );
+}
+
+#[test]
+fn an_environment_that_cannot_be_rendered_fails_the_run_until_an_operator_retries() {
+    let plan = Plan {
+        workflow: "install".into(),
+        content_version: 1,
+        stages: vec![
+            PlanStage {
+                agent: false,
+                ..stage("install", "installer", vec![], StageEnd::Continue)
+            },
+            stage("installed", "local", vec![], StageEnd::Continue),
+        ],
+    };
+    let mut d = Drive::in_discovery(plan);
+    assert!(matches!(&d.run.phase, Phase::Booting { env, .. } if env == "installer"));
+    // Another environment's failure is not this run's concern.
+    let out = d.ev(
+        1,
+        Event::BootUnrenderable {
+            env: "local",
+            reason: "x",
+        },
+    );
+    assert!(out.effects.is_empty(), "{out:?}");
+    let reason = r#"param "root_hash" has no value and no default"#;
+    d.ev(
+        2,
+        Event::BootUnrenderable {
+            env: "installer",
+            reason,
+        },
+    );
+    assert_eq!(
+        d.failure(),
+        r#"stage `install`: boot environment `installer` cannot be rendered: param "root_hash" has no value and no default"#
+    );
+    // The machine keeps asking (its retry script): nothing changes until an operator acts.
+    let out = d.ev(
+        3,
+        Event::BootUnrenderable {
+            env: "installer",
+            reason: "other",
+        },
+    );
+    assert!(out.effects.is_empty(), "{out:?}");
+    assert!(d.failure().contains("root_hash"));
+    let out = d.ev(4, Event::Retry);
+    assert!(out
+        .effects
+        .contains(&Effect::SetBootEnv("installer".into())));
+    // Fixed: the script is served, the stage (no agent, no tasks) is crossed, local boot next.
+    d.served(5, "installer");
+    assert!(matches!(&d.run.phase, Phase::Booting { env, .. } if env == "local"));
+    d.served(6, "local");
+    assert_eq!(d.run.phase, Phase::Done);
 }
 
 #[test]

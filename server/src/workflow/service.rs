@@ -161,6 +161,14 @@ pub async fn script_served(app: &App, machine: MachineId, env: &str) {
     }
 }
 
+/// The boot service could not render `env` for the machine (`reason` names the param, file or
+/// artifact): its run, if booting into `env`, fails with the reason.
+pub async fn boot_unrenderable(app: &App, machine: MachineId, env: &str, reason: &str) {
+    if let Err(e) = apply(app, machine, Event::BootUnrenderable { env, reason }, None).await {
+        tracing::error!(machine_id = %machine, env, error = %e, "recording an unrenderable boot environment in the workflow failed");
+    }
+}
+
 /// The machine enrolled from `boot_id`, through a token minted by `via_env`'s script.
 pub async fn enrolled(app: &App, machine: MachineId, boot_id: &str, via_env: Option<&str>) {
     let e = Event::Enrolled { boot_id, via_env };
@@ -225,22 +233,9 @@ async fn render(
         .tasks
         .get(task)
         .ok_or_else(|| format!("task {task} is not in stage `{}`", st.name))?;
-    let (_, content) = current_content(app).await.map_err(|e| e.to_string())?;
-    let resolved = machine_values(app, machine, &content).await?;
-    let record = app
-        .store
-        .get_machine(machine)
+    let (resolved, ctx) = machine_inputs(app, machine)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("machine {machine} is gone"))?;
-    let ctx = MachineContext {
-        id: machine,
-        hostname: record.hostname.clone(),
-        serial: record.identity.system_serial.clone(),
-        manufacturer: record.identity.manufacturer.clone(),
-        product: record.identity.product.clone(),
-        macs: record.identity.macs.iter().map(|n| n.mac.clone()).collect(),
-    };
+        .map_err(|e| e.to_string())?;
     let rendered = render_task(t, &resolved, &ctx).map_err(|e| e.to_string())?;
     let work = match (rendered.script, rendered.action) {
         (Some(script), None) => JobWork::Script { script },
@@ -275,6 +270,40 @@ pub async fn machine_values(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("machine {machine} is gone"))?;
     Resolved::resolve(content, &own.params, &own.profiles).map_err(|e| e.to_string())
+}
+
+/// Why a machine's render inputs could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum InputsError {
+    /// The server could not read them (store, content): asking again may work.
+    #[error(transparent)]
+    Server(#[from] WorkflowError),
+    /// The machine's params do not resolve (the message names them), or it is gone: only an
+    /// operator's fix helps.
+    #[error("{0}")]
+    Machine(String),
+}
+
+/// A machine's param values ([`machine_values`]) and facts, as its jobs and boot environments
+/// are rendered with them.
+pub async fn machine_inputs(
+    app: &App,
+    machine: MachineId,
+) -> Result<(Resolved, MachineContext), InputsError> {
+    let (_, content) = current_content(app).await?;
+    let resolved = (machine_values(app, machine, &content).await).map_err(InputsError::Machine)?;
+    let record = (app.store.get_machine(machine).await)
+        .map_err(|e| InputsError::Server(e.into()))?
+        .ok_or_else(|| InputsError::Machine(format!("machine {machine} is gone")))?;
+    let ctx = MachineContext {
+        id: machine,
+        hostname: record.hostname.clone(),
+        serial: record.identity.system_serial.clone(),
+        manufacturer: record.identity.manufacturer.clone(),
+        product: record.identity.product.clone(),
+        macs: record.identity.macs.iter().map(|n| n.mac.clone()).collect(),
+    };
+    Ok((resolved, ctx))
 }
 
 /// The agent is about to start `attempt`. Err(Refused) when it must not.
