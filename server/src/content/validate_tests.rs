@@ -138,7 +138,7 @@ fn a_task_is_a_script_or_a_known_action() {
     );
     assert_eq!(
         problem("kind: task\nname: t\naction: teleport\n"),
-        r#"action: unknown action "teleport" (known: inventory)"#
+        r#"action: unknown action "teleport" (known: inventory, noop)"#
     );
     assert_eq!(
         problem("kind: task\nname: t\nscript: x\nargs:\n  a: 1\n"),
