@@ -264,8 +264,8 @@ async fn bulk_assign_and_the_destructive_guard() {
     assert!(machine_json(&server, plain).await.get("claim").is_none());
 
     // A dry run reports and changes nothing.
-    let bulk = |dry_run: bool| json!({"selector": "product~PowerEdge", "dry_run": dry_run});
-    let (status, r) = bulk(&server, "wipe", bulk(true)).await;
+    let wipe_dells = |dry_run: bool| json!({"selector": "product~PowerEdge", "dry_run": dry_run});
+    let (status, r) = bulk(&server, "wipe", wipe_dells(true)).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["destructive_tasks"], json!(["wipe-disks"]));
     let results: Vec<(&str, &str)> = r["machines"]
@@ -306,7 +306,7 @@ async fn bulk_assign_and_the_destructive_guard() {
     );
 
     // For real: the claimed and the new machine get it, and their claims are used up.
-    let (status, r) = bulk(&server, "wipe", bulk(false)).await;
+    let (status, r) = bulk(&server, "wipe", wipe_dells(false)).await;
     assert_eq!(status, 200, "{r}");
     let results: Vec<&str> = r["machines"]
         .as_array()
@@ -324,7 +324,7 @@ async fn bulk_assign_and_the_destructive_guard() {
         );
     }
     assert_eq!(run_json(&server, plain).await.0, 404);
-    let (_, again) = bulk(&server, "wipe", bulk(false)).await;
+    let (_, again) = bulk(&server, "wipe", wipe_dells(false)).await;
     let refused = again["machines"].as_array().unwrap().iter();
     assert!(refused.clone().all(|m| m["result"] == "refused"), "{again}");
 
@@ -376,7 +376,8 @@ async fn rules_give_new_machines_a_workflow_once() {
     assert_eq!(apply(&server, CONTENT).await.0, 200);
     let dell = inventory("PowerEdge R650", 8, 16, 2);
     // Known before any rule existed: the rules found nothing for it.
-    let (old, old_session) = machine(&server, 21, false, &dell).await;
+    let proliant = inventory("ProLiant DL360", 4, 8, 1);
+    let (old, old_session) = machine(&server, 21, false, &proliant).await;
     assert_eq!(
         machine_json(&server, old).await["rule"]["result"],
         "no_match"
@@ -440,7 +441,7 @@ order: 20
     );
 
     // Never again: not for the old machine reporting again, nor after a finished run.
-    old_session.send_inventory(&dell).await.unwrap();
+    old_session.send_inventory(&proliant).await.unwrap();
     assert_eq!(
         run_json(&server, old).await.0,
         404,
