@@ -11,6 +11,7 @@ pub mod config;
 pub mod content;
 pub mod dhcp;
 pub mod enroll;
+pub mod fleet;
 pub mod heartbeat;
 pub mod http_util;
 pub mod identity;

@@ -145,6 +145,24 @@ fn path_rejection(r: PathRejection) -> ApiError {
     ApiError::bad_request(r.body_text())
 }
 
+/// Query-string extractor whose rejection (an unknown type, a repeated key) is a 400 problem.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(ApiError::bad_request(r.body_text())),
+        }
+    }
+}
+
 /// Fallback for unknown routes: a problem, not an empty 404.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")

@@ -33,18 +33,7 @@ fn anneal(dir: &std::path::Path, server: &str, args: &[&str]) -> Out {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cli_lists_shows_approves_and_reports_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::resolve(&ServeArgs {
-        data_dir: Some(dir.path().to_path_buf()),
-        api_listen: Some("127.0.0.1:0".parse().unwrap()),
-        agent_listen: Some("127.0.0.1:0".parse().unwrap()),
-        http_listen: Some("127.0.0.1:0".parse().unwrap()),
-        advertise: Some(vec!["127.0.0.1".into()]),
-        require_approval: Some(true),
-        ..Default::default()
-    })
-    .unwrap();
-    let running = anneal_server::serve::start(config).await.unwrap();
-    let url = format!("https://127.0.0.1:{}", running.api_addr.port());
+    let (running, url) = start_server(dir.path(), true).await;
     let d = dir.path().to_path_buf();
 
     let empty = tokio::task::spawn_blocking({
@@ -86,28 +75,7 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
         }],
         ..Default::default()
     };
-    let input = EnrollInput {
-        token_hash: anneal_server::tokens::hash_secret(&secret),
-        evidence: Evidence::from_hints(&hints),
-        macs: vec!["00:1b:21:ab:cd:ef".into()],
-        hints,
-        boot_id: "b".into(),
-        hostname: Some("node-1".into()),
-        require_approval: true,
-        now: time::OffsetDateTime::now_utc(),
-    };
-    let sign = |_id| {
-        Ok(SignedCert {
-            cert_pem: String::new(),
-            serial: "01".into(),
-            not_after: time::OffsetDateTime::now_utc(),
-        })
-    };
-    let EnrollOutcome::Enrolled { machine_id, .. } =
-        running.app.store.enroll(&input, &sign).await.unwrap()
-    else {
-        panic!("enroll")
-    };
+    let machine_id = enroll_in_store(&running, &secret, hints, true).await;
     let inv = Inventory {
         system: Some(System {
             manufacturer: Some("Anneal Test".into()),
@@ -362,5 +330,262 @@ async fn operator_cli_lists_shows_approves_and_reports_errors() {
     let view: serde_json::Value = serde_json::from_str(&unset.stdout).unwrap();
     assert_eq!(view["resolved"]["greeting"]["source"], "default", "{view}");
 
+    running.stop().await;
+}
+
+/// A server on loopback for a CLI test, with its data directory and API URL.
+async fn start_server(
+    dir: &std::path::Path,
+    require_approval: bool,
+) -> (anneal_server::serve::Running, String) {
+    let config = Config::resolve(&ServeArgs {
+        data_dir: Some(dir.to_path_buf()),
+        api_listen: Some("127.0.0.1:0".parse().unwrap()),
+        agent_listen: Some("127.0.0.1:0".parse().unwrap()),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        advertise: Some(vec!["127.0.0.1".into()]),
+        require_approval: Some(require_approval),
+        ..Default::default()
+    })
+    .unwrap();
+    let running = anneal_server::serve::start(config).await.unwrap();
+    let url = format!("https://127.0.0.1:{}", running.api_addr.port());
+    (running, url)
+}
+
+/// Enroll a machine with a bootstrap token's secret, straight into the store.
+async fn enroll_in_store(
+    running: &anneal_server::serve::Running,
+    secret: &str,
+    hints: IdentityHints,
+    require_approval: bool,
+) -> uuid::Uuid {
+    let input = EnrollInput {
+        token_hash: anneal_server::tokens::hash_secret(secret),
+        evidence: Evidence::from_hints(&hints),
+        macs: hints.macs.iter().map(|n| n.mac.clone()).collect(),
+        hints,
+        boot_id: "b".into(),
+        hostname: Some("node-1".into()),
+        require_approval,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let sign = |_id| {
+        Ok(SignedCert {
+            cert_pem: String::new(),
+            serial: uuid::Uuid::new_v4().simple().to_string(),
+            not_after: time::OffsetDateTime::now_utc(),
+        })
+    };
+    let EnrollOutcome::Enrolled { machine_id, .. } =
+        running.app.store.enroll(&input, &sign).await.unwrap()
+    else {
+        panic!("enroll")
+    };
+    machine_id
+}
+
+/// Enroll machine `n` with a bootstrap token's secret, straight into the store, and store an
+/// inventory naming `product` with `disks` disks.
+async fn enroll_with_inventory(
+    running: &anneal_server::serve::Running,
+    secret: &str,
+    n: u8,
+    product: &str,
+    disks: usize,
+) -> uuid::Uuid {
+    let hints = IdentityHints {
+        system_serial: Some(format!("FLEET-{n}")),
+        macs: vec![Nic {
+            mac: format!("00:1b:21:ab:cd:{n:02x}"),
+            bus: Some("pci".into()),
+        }],
+        ..Default::default()
+    };
+    let machine_id = enroll_in_store(running, secret, hints, false).await;
+    let inv = Inventory {
+        system: Some(System {
+            product: Some(product.into()),
+            ..Default::default()
+        }),
+        disks: vec![Default::default(); disks],
+        ..Default::default()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    running
+        .app
+        .store
+        .put_inventory(machine_id, &inv, now)
+        .await
+        .unwrap();
+    machine_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_commands_tag_locate_select_claim_and_assign_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = start_server(dir.path(), false).await;
+    let run = |args: &[&str]| {
+        let (d, url) = (dir.path().to_path_buf(), url.clone());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            anneal(&d, &url, &a)
+        })
+    };
+    let secret = |out: Out| -> String {
+        assert!(out.ok, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    };
+    let plain = secret(run(&["tokens", "create", "-o", "json"]).await.unwrap());
+    let new = run(&["tokens", "create", "--new", "-o", "json"])
+        .await
+        .unwrap();
+    assert!(new.stdout.contains("\"new\": true"), "{}", new.stdout);
+    let new = secret(new);
+    let web = enroll_with_inventory(&running, &plain, 1, "PowerEdge R650", 2).await;
+    let fresh = enroll_with_inventory(&running, &new, 2, "ProLiant", 1).await;
+    let (web_s, fresh_s) = (web.to_string(), fresh.to_string());
+
+    let content = dir.path().join("content.yaml");
+    std::fs::write(
+        &content,
+        "kind: task\nname: wipe-disks\nscript: 'true'\ndestructive: true\n---\n\
+         kind: stage\nname: wipe\nboot_env: discovery\ntasks: [wipe-disks]\n---\n\
+         kind: workflow\nname: wipe\nstages: [wipe, local-boot]\n",
+    )
+    .unwrap();
+    let applied = run(&["apply", "-f", &content.display().to_string()])
+        .await
+        .unwrap();
+    assert!(applied.ok, "{}", applied.stderr);
+
+    // Tags (a leading `-` removes, and is not taken for a flag) and location.
+    let tag = run(&["machines", "tag", &web_s[..8], "+web", "+old", "db"])
+        .await
+        .unwrap();
+    assert!(
+        tag.ok && tag.stdout.contains("tags db, old, web"),
+        "{}{}",
+        tag.stdout,
+        tag.stderr
+    );
+    let tag = run(&["machines", "tag", &web_s, "-old", "-db"])
+        .await
+        .unwrap();
+    assert!(
+        tag.ok && tag.stdout.contains("tags web"),
+        "{}{}",
+        tag.stdout,
+        tag.stderr
+    );
+    let bad = run(&["machines", "tag", &web_s, "+Bad Tag"]).await.unwrap();
+    assert!(
+        !bad.ok && bad.stderr.contains("must be lowercase") && bad.stderr.contains("400"),
+        "{}",
+        bad.stderr
+    );
+    let loc = run(&["machines", "locate", &web_s, "--rack", "r12", "--slot", "7"])
+        .await
+        .unwrap();
+    assert!(loc.ok, "{}", loc.stderr);
+    let none = run(&["machines", "locate", &web_s]).await.unwrap();
+    assert!(
+        !none.ok && none.stderr.contains("at least one of"),
+        "{}",
+        none.stderr
+    );
+
+    // Listing by selector, and what ls and show say.
+    let ls = run(&["machines", "ls", "-l", "tag=web,disks>=2"])
+        .await
+        .unwrap();
+    assert!(ls.ok, "{}", ls.stderr);
+    assert!(
+        ls.stdout.contains(&web_s) && !ls.stdout.contains(&fresh_s),
+        "{}",
+        ls.stdout
+    );
+    assert!(
+        ls.stdout.contains("RACK/SLOT") && ls.stdout.contains("r12/7"),
+        "{}",
+        ls.stdout
+    );
+    let ls = run(&["machines", "ls", "--selector", "claim=new"])
+        .await
+        .unwrap();
+    assert!(
+        ls.stdout.contains(&fresh_s) && !ls.stdout.contains(&web_s),
+        "{}",
+        ls.stdout
+    );
+    let bad = run(&["machines", "ls", "-l", "disks>=two"]).await.unwrap();
+    assert!(
+        !bad.ok && bad.stderr.contains("term 1 `disks>=two`"),
+        "{}",
+        bad.stderr
+    );
+    let show = run(&["machines", "show", &web_s]).await.unwrap();
+    assert!(show.stdout.contains("Tags      web"), "{}", show.stdout);
+    assert!(show.stdout.contains("rack r12  slot 7"), "{}", show.stdout);
+    assert!(show.stdout.contains("Claim     none"), "{}", show.stdout);
+
+    // The destructive workflow by selector: refused until claimed; a dry run changes nothing.
+    let all = "product!=nothing";
+    let dry = run(&["machines", "set-workflow", "-l", all, "wipe", "--dry-run"])
+        .await
+        .unwrap();
+    assert!(dry.ok, "{}", dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("wipe is destructive (tasks: wipe-disks)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("would assign") && dry.stdout.contains("refused"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("1 of 2 machine(s) would get wipe"),
+        "{}",
+        dry.stdout
+    );
+    let claim = run(&["machines", "claim", &web_s]).await.unwrap();
+    assert!(
+        claim.ok && claim.stdout.contains("claimed"),
+        "{}",
+        claim.stderr
+    );
+    let bulk = run(&["machines", "set-workflow", "--selector", all, "wipe"])
+        .await
+        .unwrap();
+    assert!(bulk.ok, "{}", bulk.stderr);
+    assert!(
+        bulk.stdout.contains("2 of 2 machine(s) got wipe"),
+        "{}",
+        bulk.stdout
+    );
+    // Both claims are used up; the single-machine form is refused now, naming the fix.
+    let single = run(&["machines", "set-workflow", &fresh_s, "wipe"])
+        .await
+        .unwrap();
+    assert!(
+        !single.ok && single.stderr.contains("anneal machines claim"),
+        "{}",
+        single.stderr
+    );
+    let both = run(&["machines", "set-workflow", "-l", all, &web_s, "wipe"])
+        .await
+        .unwrap();
+    assert!(
+        !both.ok && both.stderr.contains("give only the workflow"),
+        "{}",
+        both.stderr
+    );
+    let unclaim = run(&["machines", "unclaim", &web_s]).await.unwrap();
+    assert!(unclaim.ok, "{}", unclaim.stderr);
     running.stop().await;
 }

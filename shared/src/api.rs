@@ -52,6 +52,14 @@ pub struct MachineSummary {
     pub last_seen: Option<OffsetDateTime>,
     /// What the agent last said it was doing.
     pub status: Option<String>,
+    /// Operator tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub location: Location,
+    /// Why it may run a destructive workflow, if it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimKind>,
 }
 
 /// One machine in full.
@@ -79,6 +87,20 @@ pub struct Machine {
     pub status: Option<String>,
     /// Warnings raised about this machine (e.g. a second enrollment within one boot).
     pub alerts: Vec<Alert>,
+    /// Operator tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub location: Location,
+    /// Why it may run a destructive workflow, if it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+    /// What the rules for new machines did for it, once they were asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleOutcome>,
+    /// Bumped on every change: send it back in a `PATCH` to change only what was read.
+    #[serde(default)]
+    pub version: i64,
 }
 
 /// A warning attached to a machine record.
@@ -108,6 +130,10 @@ pub struct CreateBootstrapToken {
     /// Free text shown in listings.
     #[serde(default)]
     pub description: Option<String>,
+    /// Machines it enrolls for the first time are marked new: they may run one destructive
+    /// workflow without an operator's claim.
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// A bootstrap token as listed (the secret itself is shown only once, at creation).
@@ -121,6 +147,9 @@ pub struct BootstrapToken {
     pub expires_at: OffsetDateTime,
     pub mac: Option<String>,
     pub description: Option<String>,
+    /// Machines it enrolls for the first time are marked new.
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// The answer to token creation: the only time the secret is shown.
@@ -353,4 +382,163 @@ pub struct WorkflowSummary {
     pub destructive: bool,
     /// Defined by the server, not by applied content.
     pub builtin: bool,
+}
+
+/// Where a machine stands in the data centre. Every field is free text an operator sets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Location {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+/// Why a machine may run a destructive workflow.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// An operator claimed it (`anneal machines claim`).
+    Operator,
+    /// It was created by an enrollment through a bootstrap token made with `new`.
+    New,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ClaimKind {
+    /// The wire name, as stored, shown and selected (`claim=new`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimKind::Operator => "operator",
+            ClaimKind::New => "new",
+            ClaimKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// A machine's licence for one destructive workflow: the assignment of one consumes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Claim {
+    pub kind: ClaimKind,
+    /// Who: the operator's API token id, or the bootstrap token's id.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+}
+
+/// What the rules did with a machine.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RuleResult {
+    /// The first matching rule's workflow was assigned.
+    Assigned,
+    /// The first matching rule's workflow was refused (e.g. destructive, machine not claimed).
+    Refused,
+    /// No rule matched.
+    NoMatch,
+    /// Rules were not asked: the machine already had a workflow, or predates rules.
+    Skipped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// The one time rules were asked about a machine: when it was first ready for work (its first
+/// inventory stored, and approved where approval is required).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RuleOutcome {
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+    /// The first rule whose selector matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Its workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    pub result: RuleResult,
+    /// Why it was refused or skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `PATCH /api/v1/machines/{id}`: edit tags and location. Fields left out are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateMachine {
+    /// The machine's `version` as read: the change is refused (409) if it changed since.
+    /// Without it, the change applies to the machine as the server reads it now.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// Tags to add.
+    #[serde(default)]
+    pub add_tags: Vec<String>,
+    /// Tags to remove (a tag the machine does not have is ignored).
+    #[serde(default)]
+    pub remove_tags: Vec<String>,
+    /// Location fields to set; an empty string clears a field.
+    #[serde(default)]
+    pub location: Location,
+}
+
+/// `POST /api/v1/workflows/{name}/assign`: assign a workflow to every machine a selector
+/// matches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BulkAssign {
+    /// Which machines, e.g. `tag=web,product~PowerEdge,disks>=2` (see docs/workflows.md).
+    pub selector: String,
+    /// Report what would happen; assign nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a bulk assignment did to one machine.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AssignResult {
+    Assigned,
+    /// Dry run: it would be assigned.
+    WouldAssign,
+    Refused,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One machine a bulk assignment's selector matched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BulkAssignment {
+    pub machine_id: Uuid,
+    pub hostname: Option<String>,
+    pub result: AssignResult,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The new run, when assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Uuid>,
+}
+
+/// The answer to [`BulkAssign`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BulkAssignReport {
+    pub workflow: String,
+    pub selector: String,
+    pub dry_run: bool,
+    /// The workflow's destructive tasks (empty: not destructive).
+    pub destructive_tasks: Vec<String>,
+    /// Every machine the selector matched, oldest first.
+    pub machines: Vec<BulkAssignment>,
 }

@@ -27,17 +27,19 @@ pub enum Kind {
     Workflow,
     Profile,
     Param,
+    Rule,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied (referenced kinds first).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Param,
         Kind::Profile,
         Kind::BootEnv,
         Kind::Task,
         Kind::Stage,
         Kind::Workflow,
+        Kind::Rule,
     ];
 
     /// The name written in `kind:`.
@@ -49,6 +51,7 @@ impl Kind {
             Kind::Workflow => "workflow",
             Kind::Profile => "profile",
             Kind::Param => "param",
+            Kind::Rule => "rule",
         }
     }
 }
@@ -266,6 +269,29 @@ pub struct ParamDef {
     pub secret: bool,
 }
 
+/// Gives newly discovered machines a workflow: when a machine is first ready for work, the
+/// first rule (by `order`, then name) whose selector matches it has its workflow assigned. A
+/// destructive workflow only reaches machines claimed or marked new.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Rule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Which machines, e.g. `product~PowerEdge,disks>=2` (the selector language of
+    /// `anneal machines ls -l`).
+    pub selector: String,
+    /// The workflow to assign.
+    pub workflow: String,
+    /// Rules are tried in ascending order (then by name); the first match decides.
+    #[serde(default = "default_rule_order")]
+    pub order: u32,
+}
+
+fn default_rule_order() -> u32 {
+    100
+}
+
 /// One content object of any kind, as the API lists them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -277,6 +303,7 @@ pub enum ContentObject {
     Workflow(Workflow),
     Profile(Profile),
     Param(ParamDef),
+    Rule(Rule),
 }
 
 impl ContentObject {
@@ -289,6 +316,7 @@ impl ContentObject {
             ContentObject::Workflow(_) => Kind::Workflow,
             ContentObject::Profile(_) => Kind::Profile,
             ContentObject::Param(_) => Kind::Param,
+            ContentObject::Rule(_) => Kind::Rule,
         }
     }
 
@@ -301,6 +329,7 @@ impl ContentObject {
             ContentObject::Workflow(o) => &o.name,
             ContentObject::Profile(o) => &o.name,
             ContentObject::Param(o) => &o.name,
+            ContentObject::Rule(o) => &o.name,
         }
     }
 }

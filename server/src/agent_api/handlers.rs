@@ -79,6 +79,7 @@ pub async fn inventory(
         .await?;
     metrics::counter!("anneal_inventory_reports_total").increment(1);
     tracing::info!(machine_id = %me.machine_id, boot_id = %report.boot_id, disks = report.inventory.disks.len(), nics = report.inventory.nics.len(), "inventory received");
+    crate::fleet::rules::machine_ready(&app, me.machine_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

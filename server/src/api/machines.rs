@@ -13,24 +13,49 @@ use time::OffsetDateTime;
 
 use super::{machine_summary, machine_view, quarantine_view, Caller};
 use crate::app::App;
-use crate::problem::{ApiError, ApiPath};
+use crate::fleet::selector::Selector;
+use crate::problem::{ApiError, ApiPath, ApiQuery};
 use crate::store::Cas;
 
 /// A machine by id, or a 404 problem naming it.
-async fn find(app: &App, id: MachineId) -> Result<crate::store::MachineRecord, ApiError> {
+pub(super) async fn find(
+    app: &App,
+    id: MachineId,
+) -> Result<crate::store::MachineRecord, ApiError> {
     app.store
         .get_machine(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no machine {id}")))
 }
 
-/// List all machines.
-#[utoipa::path(get, path = "/api/v1/machines", tag = "machines",
-    responses((status = 200, body = Vec<MachineSummary>), (status = 401, body = Problem)),
+/// Filters of the machine list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only machines this selector matches, e.g. `tag=web,product~PowerEdge,disks>=2`
+    /// (terms joined by commas must all hold; see docs/workflows.md).
+    pub selector: Option<String>,
+}
+
+/// List machines, oldest first; all of them, or those a selector matches.
+#[utoipa::path(get, path = "/api/v1/machines", tag = "machines", params(ListQuery),
+    responses((status = 200, body = Vec<MachineSummary>), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = [])))]
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<MachineSummary>>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<MachineSummary>>, ApiError> {
+    let selector = q
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| super::fleet::invalid_selector(format!("selector: {e}")))?;
     let machines = app.store.list_machines().await?;
-    Ok(Json(machines.iter().map(machine_summary).collect()))
+    let all = machines.iter().map(machine_summary);
+    Ok(Json(match selector {
+        Some(s) => all.filter(|m| s.matches(m)).collect(),
+        None => all.collect(),
+    }))
 }
 
 /// One machine with its inventory.
@@ -77,6 +102,7 @@ pub async fn approve(
         }
     }
     tracing::info!(machine_id = %id, by = %caller.token_id, "machine approved");
+    crate::fleet::rules::machine_ready(&app, id).await;
     let m = find(&app, id).await?;
     Ok(Json(machine_view(m)))
 }

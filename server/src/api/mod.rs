@@ -5,6 +5,7 @@
 mod auth;
 mod boot;
 mod content;
+mod fleet;
 mod machines;
 mod params;
 mod tokens;
@@ -28,7 +29,10 @@ pub use auth::Caller;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/v1/machines", get(machines::list))
-        .route("/api/v1/machines/{id}", get(machines::show))
+        .route(
+            "/api/v1/machines/{id}",
+            get(machines::show).patch(fleet::update),
+        )
         .route("/api/v1/machines/{id}/approve", post(machines::approve))
         .route("/api/v1/machines/{id}/revoke", post(machines::revoke))
         .route("/api/v1/machines/{id}/rediscover", post(boot::rediscover))
@@ -50,6 +54,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/jobs", get(workflows::jobs))
         .route("/api/v1/jobs/{id}/log", get(workflows::log))
+        .route(
+            "/api/v1/machines/{id}/claim",
+            post(fleet::claim).delete(fleet::unclaim),
+        )
+        .route("/api/v1/workflows/{name}/assign", post(fleet::bulk_assign))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,
@@ -79,6 +88,10 @@ pub fn router(app: Arc<App>) -> Router {
         workflows::log,
         params::show,
         params::update,
+        fleet::update,
+        fleet::claim,
+        fleet::unclaim,
+        fleet::bulk_assign,
     ),
     modifiers(&BearerAuth),
     tags((name = "machines"), (name = "tokens"), (name = "workflows"))
@@ -128,6 +141,11 @@ pub fn machine_view(m: MachineRecord) -> Machine {
                 at: a.at,
             })
             .collect(),
+        tags: m.fleet.tags,
+        location: m.fleet.location,
+        claim: m.fleet.claim,
+        rule: m.fleet.rule,
+        version: m.version,
     }
 }
 
@@ -160,6 +178,9 @@ pub fn machine_summary(m: &MachineRecord) -> MachineSummary {
         disks: inv.map(|i| i.disks.len() as u32),
         last_seen: m.last_seen,
         status: m.status.clone(),
+        tags: m.fleet.tags.clone(),
+        location: m.fleet.location.clone(),
+        claim: m.fleet.claim.as_ref().map(|c| c.kind),
     }
 }
 

@@ -20,13 +20,14 @@ use crate::tokens::{hash_secret, new_secret, public_id, BOOTSTRAP_PREFIX};
 /// Longest lifetime a bootstrap token may have: 30 days.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
-fn view(t: BootstrapTokenRecord) -> BootstrapToken {
+fn view(t: BootstrapTokenRecord, new: bool) -> BootstrapToken {
     BootstrapToken {
         id: t.id,
         uses_left: t.uses_left,
         expires_at: t.expires_at,
         mac: t.mac,
         description: t.description,
+        new,
     }
 }
 
@@ -71,12 +72,19 @@ pub async fn create(
         created_at: now,
     };
     app.store.insert_bootstrap_token(&record).await?;
-    tracing::info!(token_id = %record.id, uses, ttl, by = %caller.token_id, "bootstrap token created");
+    // Marked before the secret leaves the server, so no enrollment can use it unmarked.
+    if req.new && !app.store.mark_token_new(&record.id).await? {
+        return Err(ApiError::internal(format!(
+            "bootstrap token {} vanished before it was marked new",
+            record.id
+        )));
+    }
+    tracing::info!(token_id = %record.id, uses, ttl, new = req.new, by = %caller.token_id, "bootstrap token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedBootstrapToken {
             token: secret,
-            info: view(record),
+            info: view(record, req.new),
         }),
     ))
 }
@@ -90,5 +98,14 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<BootstrapToken
         .store
         .list_bootstrap_tokens(OffsetDateTime::now_utc())
         .await?;
-    Ok(Json(tokens.into_iter().map(view).collect()))
+    let new = app.store.tokens_marking_new().await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| {
+                let marks = new.contains(&t.id);
+                view(t, marks)
+            })
+            .collect(),
+    ))
 }

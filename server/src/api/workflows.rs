@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use crate::app::App;
+use crate::fleet::guard::{self, Checked, Source};
 use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::store::workflow::{AttemptRecord, RunRecord};
 use crate::workflow::run::{Event, Phase};
@@ -64,11 +65,12 @@ pub fn attempt_view(a: AttemptRecord) -> JobAttempt {
 }
 
 /// Assign a workflow to a machine. A machine already running the first stage's boot
-/// environment starts at once; otherwise it is switched and rebooted into it.
+/// environment starts at once; otherwise it is switched and rebooted into it. A destructive
+/// workflow needs the machine claimed or new (409 otherwise), and consumes that claim.
 #[utoipa::path(put, path = "/api/v1/machines/{id}/workflow", tag = "workflows",
     params(("id" = uuid::Uuid, Path, description = "machine id")),
     request_body = AssignWorkflow,
-    responses((status = 200, body = WorkflowRun), (status = 404, body = Problem), (status = 422, body = Problem)),
+    responses((status = 200, body = WorkflowRun), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn assign(
     State(app): State<Arc<App>>,
@@ -77,13 +79,8 @@ pub async fn assign(
     ApiJson(req): ApiJson<AssignWorkflow>,
 ) -> Result<Json<WorkflowRun>, ApiError> {
     caller.require(Role::Operator)?;
-    let current = app
-        .store
-        .current_boot(id)
-        .await?
-        .and_then(|(boot, env)| env.map(|e| (boot, e)));
-    let run = service::assign(&app, id, &req.workflow, current).await?;
-    tracing::info!(machine_id = %id, workflow = %req.workflow, by = %caller.token_id, "workflow assigned");
+    let checked = Checked::resolve(&app, &req.workflow).await?;
+    let run = guard::assign(&app, id, &checked, Source::Operator(&caller.token_id)).await?;
     Ok(Json(run_view(run)))
 }
 

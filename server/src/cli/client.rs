@@ -93,6 +93,12 @@ impl ApiClient {
         self.send(req).await
     }
 
+    /// DELETE, read a JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let req = self.http.delete(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
     /// GET raw bytes and one response header's value.
     pub async fn get_bytes(&self, path: &str, header: &str) -> Result<(Vec<u8>, Option<String>)> {
         let res = self

@@ -7,9 +7,9 @@ mod params;
 use std::path::PathBuf;
 
 use anneal_shared::api::{
-    ApplyContent, ApplyReport, AssignWorkflow, BootstrapToken, ContentFile, CreateBootstrapToken,
-    CreatedBootstrapToken, JobAttempt, Machine, MachineSummary, QuarantinedEnrollment, WorkflowRun,
-    WorkflowSummary,
+    ApplyContent, ApplyReport, AssignWorkflow, BootstrapToken, BulkAssign, BulkAssignReport,
+    ContentFile, CreateBootstrapToken, CreatedBootstrapToken, JobAttempt, Location, Machine,
+    MachineSummary, QuarantinedEnrollment, UpdateMachine, WorkflowRun, WorkflowSummary,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -114,8 +114,11 @@ pub struct ClientOpts {
 
 #[derive(Debug, Subcommand)]
 enum MachinesCmd {
-    /// List machines.
+    /// List machines (all, or those a selector matches).
     Ls {
+        /// Only machines this selector matches, e.g. `tag=web,product~PowerEdge,disks>=2`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -133,10 +136,18 @@ enum MachinesCmd {
     Revoke { id: String },
     /// Boot a known machine into the discovery image at its next PXE boot.
     Rediscover { id: String },
-    /// Assign a workflow to a machine (its current run, if any, is cancelled).
+    /// Assign a workflow to a machine (`ID WORKFLOW`), or to every machine a selector matches
+    /// (`--selector SEL WORKFLOW`); a machine's current run, if any, is cancelled.
     SetWorkflow {
-        id: String,
-        workflow: String,
+        /// `ID WORKFLOW`, or only `WORKFLOW` with --selector.
+        #[arg(value_name = "[ID] WORKFLOW", required = true, num_args = 1..=2)]
+        args: Vec<String>,
+        /// Every machine this selector matches, e.g. `tag=web,rack=r12`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// With --selector: report what would happen, assign nothing.
+        #[arg(long, requires = "selector")]
+        dry_run: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -150,6 +161,28 @@ enum MachinesCmd {
         #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
         output: Format,
     },
+    /// Add and remove tags: `+web` (or `web`) adds, `-old` removes.
+    Tag {
+        id: String,
+        #[arg(value_name = "+TAG|-TAG", required = true, allow_hyphen_values = true)]
+        changes: Vec<String>,
+    },
+    /// Set where a machine stands; an empty value (`--slot ""`) clears a field.
+    Locate {
+        id: String,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        row: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// Claim a machine: it may run one destructive workflow (wipe, RAID, install).
+    Claim { id: String },
+    /// Give up a machine's claim (or its mark as new).
+    Unclaim { id: String },
     /// Show a machine's workflow run, or steer it: retry, restart, cancel, continue.
     Workflow {
         id: String,
@@ -211,6 +244,10 @@ enum TokensCmd {
         /// Free text shown in listings.
         #[arg(long)]
         description: Option<String>,
+        /// Machines it enrolls for the first time are marked new: each may run one destructive
+        /// workflow without a claim.
+        #[arg(long)]
+        new: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -320,8 +357,12 @@ async fn resolve_id(api: &ApiClient, id: &str) -> Result<String> {
 
 async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
     match cmd {
-        MachinesCmd::Ls { output } => {
-            let list: Vec<MachineSummary> = api.get("/api/v1/machines").await?;
+        MachinesCmd::Ls { selector, output } => {
+            let path = match selector {
+                Some(s) => format!("/api/v1/machines?selector={}", query_escape(&s)),
+                None => "/api/v1/machines".into(),
+            };
+            let list: Vec<MachineSummary> = api.get(&path).await?;
             output::machines(&list, output)
         }
         MachinesCmd::Show { id, output } => {
@@ -366,16 +407,84 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
             Ok(())
         }
         MachinesCmd::SetWorkflow {
-            id,
-            workflow,
+            args,
+            selector,
+            dry_run,
             output,
+        } => match (selector, args.as_slice()) {
+            (Some(selector), [workflow]) => {
+                let body = BulkAssign { selector, dry_run };
+                let path = format!("/api/v1/workflows/{}/assign", query_escape(workflow));
+                let report: BulkAssignReport = api.post(&path, &body).await?;
+                output::bulk(&report, output)
+            }
+            (None, [id, workflow]) => {
+                let id = resolve_id(&api, id).await?;
+                let body = AssignWorkflow {
+                    workflow: workflow.clone(),
+                };
+                let run: WorkflowRun = api
+                    .put(&format!("/api/v1/machines/{id}/workflow"), &body)
+                    .await?;
+                output::run(&run, output)
+            }
+            (Some(_), _) => bail!("with --selector, give only the workflow"),
+            (None, _) => bail!("give a machine id and a workflow (or --selector SEL WORKFLOW)"),
+        },
+        MachinesCmd::Tag { id, changes } => {
+            let mut edit = UpdateMachine::default();
+            for c in changes {
+                match c.strip_prefix('-') {
+                    Some(t) => edit.remove_tags.push(t.to_string()),
+                    None => edit.add_tags.push(c.trim_start_matches('+').to_string()),
+                }
+            }
+            let m = update_machine(&api, &id, &edit).await?;
+            println!("machine {}: tags {}", m.id, m.tags.join(", "));
+            Ok(())
+        }
+        MachinesCmd::Locate {
+            id,
+            site,
+            row,
+            rack,
+            slot,
         } => {
+            let location = Location {
+                site,
+                row,
+                rack,
+                slot,
+            };
+            if location == Location::default() {
+                bail!("give at least one of --site, --row, --rack, --slot");
+            }
+            let edit = UpdateMachine {
+                location,
+                ..UpdateMachine::default()
+            };
+            let m = update_machine(&api, &id, &edit).await?;
+            println!("machine {}: {}", m.id, serde_json::to_string(&m.location)?);
+            Ok(())
+        }
+        MachinesCmd::Claim { id } => {
             let id = resolve_id(&api, &id).await?;
-            let body = AssignWorkflow { workflow };
-            let run: WorkflowRun = api
-                .put(&format!("/api/v1/machines/{id}/workflow"), &body)
-                .await?;
-            output::run(&run, output)
+            let path = format!("/api/v1/machines/{id}/claim");
+            let m: Machine = api.post(&path, &serde_json::json!({})).await?;
+            println!(
+                "machine {} claimed: it may run one destructive workflow",
+                m.id
+            );
+            Ok(())
+        }
+        MachinesCmd::Unclaim { id } => {
+            let id = resolve_id(&api, &id).await?;
+            let m: Machine = api.delete(&format!("/api/v1/machines/{id}/claim")).await?;
+            println!(
+                "machine {} unclaimed: destructive workflows are refused",
+                m.id
+            );
+            Ok(())
         }
         MachinesCmd::Params { id, change, output } => {
             let id = resolve_id(&api, &id).await?;
@@ -394,6 +503,29 @@ async fn machines(api: ApiClient, cmd: MachinesCmd) -> Result<()> {
             output::run(&run, output)
         }
     }
+}
+
+/// `PATCH` a machine with `edit`, over the version just read (a concurrent change is refused
+/// by the server rather than overwritten).
+async fn update_machine(api: &ApiClient, id: &str, edit: &UpdateMachine) -> Result<Machine> {
+    let id = resolve_id(api, id).await?;
+    let path = format!("/api/v1/machines/{id}");
+    let current: Machine = api.get(&path).await?;
+    let edit = UpdateMachine {
+        version: Some(current.version),
+        ..edit.clone()
+    };
+    api.patch(&path, &edit).await
+}
+
+/// Percent-encode everything but unreserved characters, for a query value or a path segment.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn jobs(api: ApiClient, cmd: JobsCmd) -> Result<()> {
@@ -457,6 +589,7 @@ async fn tokens(api: ApiClient, cmd: TokensCmd) -> Result<()> {
             uses,
             mac,
             description,
+            new,
             output,
         } => {
             let req = CreateBootstrapToken {
@@ -464,6 +597,7 @@ async fn tokens(api: ApiClient, cmd: TokensCmd) -> Result<()> {
                 uses: Some(uses),
                 mac,
                 description,
+                new,
             };
             let t: CreatedBootstrapToken = api.post("/api/v1/tokens", &req).await?;
             output::created_token(&t, output)

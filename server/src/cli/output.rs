@@ -1,8 +1,9 @@
 //! How the CLI prints: aligned tables for people, JSON or YAML for scripts.
 
 use anneal_shared::api::{
-    ApplyReport, BootstrapToken, CreatedBootstrapToken, JobAttempt, Machine, MachineParams,
-    MachineSummary, QuarantinedEnrollment, WorkflowRun, WorkflowSummary,
+    ApplyReport, AssignResult, BootstrapToken, BulkAssignReport, CreatedBootstrapToken, JobAttempt,
+    Location, Machine, MachineParams, MachineSummary, QuarantinedEnrollment, WorkflowRun,
+    WorkflowSummary,
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -103,6 +104,9 @@ pub fn machines(list: &[MachineSummary], f: Format) -> Result<()> {
             "CPUS",
             "MEMORY",
             "DISKS",
+            "TAGS",
+            "RACK/SLOT",
+            "CLAIM",
             "LAST SEEN",
             "STATUS",
         ],
@@ -116,6 +120,9 @@ pub fn machines(list: &[MachineSummary], f: Format) -> Result<()> {
                     dash(m.cpus),
                     dash(m.memory_bytes.map(bytes)),
                     dash(m.disks),
+                    dash((!m.tags.is_empty()).then(|| m.tags.join(","))),
+                    rack_slot(&m.location),
+                    dash(m.claim.map(|c| c.as_str())),
                     ago(m.last_seen),
                     dash(m.status.as_ref()),
                 ]
@@ -145,6 +152,40 @@ pub fn machine(m: &Machine, f: Format) -> Result<()> {
     );
     for a in &m.alerts {
         println!("ALERT     {} ({}): {}", a.kind, a.at, a.message);
+    }
+    println!(
+        "Tags      {}",
+        dash((!m.tags.is_empty()).then(|| m.tags.join(", ")))
+    );
+    let l = &m.location;
+    println!(
+        "Location  site {}  row {}  rack {}  slot {}",
+        dash(l.site.as_ref()),
+        dash(l.row.as_ref()),
+        dash(l.rack.as_ref()),
+        dash(l.slot.as_ref())
+    );
+    match &m.claim {
+        Some(c) => println!(
+            "Claim     {} (by {}, {}): may run one destructive workflow",
+            c.kind.as_str(),
+            c.by,
+            c.at
+        ),
+        None => println!("Claim     none: destructive workflows are refused"),
+    }
+    if let Some(r) = &m.rule {
+        println!(
+            "Rules     {:?}: rule {} workflow {} ({}){}",
+            r.result,
+            dash(r.rule.as_ref()),
+            dash(r.workflow.as_ref()),
+            r.at,
+            r.reason
+                .as_ref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default()
+        );
     }
     let Some(inv) = &m.inventory else {
         println!("\nNo inventory yet.");
@@ -308,7 +349,7 @@ pub fn tokens(list: &[BootstrapToken], f: Format) -> Result<()> {
         return Ok(());
     }
     table(
-        &["ID", "USES LEFT", "EXPIRES", "MAC", "DESCRIPTION"],
+        &["ID", "USES LEFT", "EXPIRES", "MAC", "NEW", "DESCRIPTION"],
         list.iter()
             .map(|t| {
                 vec![
@@ -316,6 +357,7 @@ pub fn tokens(list: &[BootstrapToken], f: Format) -> Result<()> {
                     t.uses_left.to_string(),
                     t.expires_at.to_string(),
                     dash(t.mac.as_ref()),
+                    if t.new { "yes" } else { "no" }.into(),
                     dash(t.description.as_ref()),
                 ]
             })
@@ -331,8 +373,15 @@ pub fn created_token(t: &CreatedBootstrapToken, f: Format) -> Result<()> {
     }
     println!("{}", t.token);
     eprintln!(
-        "bootstrap token {}: {} use(s), expires {} (the secret above is not shown again)",
-        t.info.id, t.info.uses_left, t.info.expires_at
+        "bootstrap token {}: {} use(s), expires {}{} (the secret above is not shown again)",
+        t.info.id,
+        t.info.uses_left,
+        t.info.expires_at,
+        if t.info.new {
+            ", marks the machines it enrolls first as new"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -485,5 +534,64 @@ pub fn quarantine(list: &[QuarantinedEnrollment], f: Format) -> Result<()> {
                 .join(", ")
         );
     }
+    Ok(())
+}
+
+/// `r12/7`: rack and slot, the part of a location a table has room for.
+fn rack_slot(l: &Location) -> String {
+    match (&l.rack, &l.slot) {
+        (None, None) => "-".into(),
+        (rack, slot) => format!("{}/{}", dash(rack.as_ref()), dash(slot.as_ref())),
+    }
+}
+
+/// `anneal machines set-workflow --selector`.
+pub fn bulk(r: &BulkAssignReport, f: Format) -> Result<()> {
+    if structured(r, f)? {
+        return Ok(());
+    }
+    if !r.destructive_tasks.is_empty() {
+        println!(
+            "workflow {} is destructive (tasks: {}): only claimed or new machines get it",
+            r.workflow,
+            r.destructive_tasks.join(", ")
+        );
+    }
+    if r.machines.is_empty() {
+        println!("no machine matches {:?}", r.selector);
+        return Ok(());
+    }
+    table(
+        &["MACHINE", "HOSTNAME", "RESULT", "REASON"],
+        r.machines
+            .iter()
+            .map(|m| {
+                vec![
+                    m.machine_id.to_string(),
+                    dash(m.hostname.as_ref()),
+                    match m.result {
+                        AssignResult::Assigned => "assigned",
+                        AssignResult::WouldAssign => "would assign",
+                        AssignResult::Refused => "refused",
+                        AssignResult::Unknown => "unknown",
+                    }
+                    .into(),
+                    dash(m.reason.as_ref()),
+                ]
+            })
+            .collect(),
+    );
+    let ok = r
+        .machines
+        .iter()
+        .filter(|m| m.result != AssignResult::Refused)
+        .count();
+    println!(
+        "{} of {} machine(s) {}{}",
+        ok,
+        r.machines.len(),
+        if r.dry_run { "would get " } else { "got " },
+        r.workflow
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anneal_shared::content::{
-    BootEnv, ContentObject, Kind, ParamDef, Profile, Stage, Task, Workflow,
+    BootEnv, ContentObject, Kind, ParamDef, Profile, Rule, Stage, Task, Workflow,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -243,6 +243,7 @@ fn read_object(
         Kind::Workflow => ContentObject::Workflow(strict::<Workflow>(doc, ignored)?),
         Kind::Profile => ContentObject::Profile(strict::<Profile>(doc, ignored)?),
         Kind::Param => ContentObject::Param(strict::<ParamDef>(doc, ignored)?),
+        Kind::Rule => ContentObject::Rule(strict::<Rule>(doc, ignored)?),
     })
 }
 

@@ -83,7 +83,7 @@ fn kind_missing_unknown_or_not_a_string() {
         errors("name: a\n---\nkind: tsak\nname: b\n---\nkind: [task]\nname: c\n---\n- a list\n");
     assert_eq!(e.len(), 4, "{e:?}");
     assert!(
-        e[0].starts_with(r#"content/tasks.yaml: document 1 (line 1): missing field "kind" (one of param, profile, boot_env, task, stage, workflow)"#),
+        e[0].starts_with(r#"content/tasks.yaml: document 1 (line 1): missing field "kind" (one of param, profile, boot_env, task, stage, workflow, rule)"#),
         "{e:?}"
     );
     assert!(

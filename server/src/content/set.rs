@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anneal_shared::content::{
-    BootEnv, ContentObject, Kind, ParamDef, Profile, Stage, Task, Workflow,
+    BootEnv, ContentObject, Kind, ParamDef, Profile, Rule, Stage, Task, Workflow,
 };
 
 use super::error::{ContentError, ContentErrors, Origin};
@@ -25,6 +25,8 @@ pub struct ContentSet {
     pub profiles: BTreeMap<String, Profile>,
     /// Param definitions by name.
     pub params: BTreeMap<String, ParamDef>,
+    /// Rules for new machines by name.
+    pub rules: BTreeMap<String, Rule>,
     origins: BTreeMap<(Kind, String), Origin>,
 }
 
@@ -73,6 +75,7 @@ impl ContentSet {
             ContentObject::Workflow(o) => self.workflows.insert(key.1, o).is_some(),
             ContentObject::Profile(o) => self.profiles.insert(key.1, o).is_some(),
             ContentObject::Param(o) => self.params.insert(key.1, o).is_some(),
+            ContentObject::Rule(o) => self.rules.insert(key.1, o).is_some(),
         };
     }
 
@@ -85,6 +88,7 @@ impl ContentSet {
             Kind::Workflow => self.workflows.contains_key(name),
             Kind::Profile => self.profiles.contains_key(name),
             Kind::Param => self.params.contains_key(name),
+            Kind::Rule => self.rules.contains_key(name),
         }
     }
 
@@ -113,6 +117,7 @@ impl ContentSet {
                         .cloned()
                         .map(ContentObject::Workflow),
                 ),
+                Kind::Rule => out.extend(self.rules.values().cloned().map(ContentObject::Rule)),
             }
         }
         out
@@ -126,6 +131,7 @@ impl ContentSet {
             + self.workflows.len()
             + self.profiles.len()
             + self.params.len()
+            + self.rules.len()
     }
 
     /// Whether the set is empty.

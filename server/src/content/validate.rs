@@ -51,6 +51,7 @@ pub fn validate(set: &ContentSet) -> Vec<ContentError> {
     c.tasks();
     c.stages();
     c.workflows();
+    c.rules();
     c.errors
 }
 
@@ -235,6 +236,18 @@ impl Checker<'_> {
                     let msg = format!("stages: stage {stage:?} is not defined");
                     self.report(Kind::Workflow, name, msg);
                 }
+            }
+        }
+    }
+
+    fn rules(&mut self) {
+        for (name, rule) in &self.set.rules {
+            if let Err(e) = crate::fleet::selector::Selector::parse(&rule.selector) {
+                self.report(Kind::Rule, name, format!("selector: {e}"));
+            }
+            if !self.set.workflows.contains_key(&rule.workflow) {
+                let msg = format!("workflow: workflow {:?} is not defined", rule.workflow);
+                self.report(Kind::Rule, name, msg);
             }
         }
     }

@@ -291,3 +291,24 @@ stages: [discover, burnin, local-boot]
     // The built-ins themselves are unchanged.
     assert!(builtin().stages["burnin"].tasks.is_empty());
 }
+
+#[test]
+fn rules_need_a_selector_that_parses_and_a_workflow_that_exists() {
+    assert_eq!(
+        problem("kind: rule\nname: r\nselector: \"tag=web,,\"\nworkflow: discover\n"),
+        "selector: term 2 ``: the term is empty (two commas in a row, or a comma at an end)"
+    );
+    assert_eq!(
+        problem("kind: rule\nname: r\nselector: tag=web\nworkflow: nope\n"),
+        r#"workflow: workflow "nope" is not defined"#
+    );
+    assert!(problems("kind: rule\nname: r\nselector: tag=web\nworkflow: discover\n").is_empty());
+    let unknown = load_str(
+        "ops.yaml",
+        "kind: rule\nname: r\nselector: a=b\nworkflow: w\nprio: 1\n",
+    );
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field \"prio\""));
+}

@@ -41,13 +41,18 @@ where
     wf::concurrent_asks_hand_out_one_attempt(make().await).await;
     wf::log_chunks_never_lose_or_repeat_a_byte(make().await).await;
     wf::machine_params_compare_and_set(make().await).await;
+    use super::conformance_fleet as fleet;
+    fleet::labels_change_by_compare_and_set(make().await).await;
+    fleet::a_claim_is_taken_once(make().await).await;
+    fleet::rules_are_recorded_once(make().await).await;
+    fleet::new_tokens_mark_only_machines_they_create(make().await).await;
 }
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-fn hints(n: u32) -> IdentityHints {
+pub(super) fn hints(n: u32) -> IdentityHints {
     IdentityHints {
         system_uuid: Some(format!("6f1c2a3b-0000-4000-8000-{n:012x}")),
         system_serial: Some(format!("SRV-{n:06}")),
@@ -59,7 +64,7 @@ fn hints(n: u32) -> IdentityHints {
     }
 }
 
-fn input(token_hash: &str, hints: IdentityHints, boot_id: &str) -> EnrollInput {
+pub(super) fn input(token_hash: &str, hints: IdentityHints, boot_id: &str) -> EnrollInput {
     EnrollInput {
         token_hash: token_hash.into(),
         evidence: Evidence::from_hints(&hints),
@@ -72,7 +77,7 @@ fn input(token_hash: &str, hints: IdentityHints, boot_id: &str) -> EnrollInput {
     }
 }
 
-async fn add_token(
+pub(super) async fn add_token(
     store: &Arc<dyn Store>,
     hash: &str,
     uses: u32,
@@ -104,7 +109,7 @@ fn signer() -> impl Fn(MachineId) -> Result<SignedCert, String> + Send + Sync {
     }
 }
 
-async fn enroll(store: &Arc<dyn Store>, input: &EnrollInput) -> EnrollOutcome {
+pub(super) async fn enroll(store: &Arc<dyn Store>, input: &EnrollInput) -> EnrollOutcome {
     store.enroll(input, &signer()).await.expect("enroll")
 }
 

@@ -7,10 +7,13 @@
 
 pub mod boot;
 pub mod conformance;
+mod conformance_fleet;
 mod conformance_workflow;
+pub mod fleet;
 pub mod leases;
 mod sqlite;
 mod sqlite_boot;
+mod sqlite_fleet;
 mod sqlite_leases;
 mod sqlite_workflow;
 pub mod workflow;
@@ -28,6 +31,7 @@ use time::OffsetDateTime;
 use crate::identity::Evidence;
 
 pub use boot::{BootMachine, BootStore};
+pub use fleet::{FleetRecord, FleetStore};
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
 pub use sqlite::SqliteStore;
 pub use workflow::WorkflowStore;
@@ -123,6 +127,8 @@ pub struct MachineRecord {
     pub version: i64,
     /// Warnings raised about this machine, oldest first.
     pub alerts: Vec<AlertRecord>,
+    /// Tags, location, claim and rule outcome (see [`FleetStore`]).
+    pub fleet: FleetRecord,
 }
 
 /// A warning on a machine.
@@ -279,9 +285,9 @@ pub enum Cas {
 
 /// The engine-neutral persistence interface. Concerns with their own tables add their methods
 /// as supertraits, each in its own file (`boot.rs`: [`BootStore`], `workflow.rs`:
-/// [`WorkflowStore`]).
+/// [`WorkflowStore`], `fleet.rs`: [`FleetStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + BootStore + WorkflowStore + Send + Sync {
+pub trait Store: LeaseStore + BootStore + WorkflowStore + FleetStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 

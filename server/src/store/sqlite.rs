@@ -85,6 +85,35 @@ impl SqliteStore {
     pub(super) fn reader(&self) -> &SqlitePool {
         &self.reader
     }
+
+    /// `UPDATE machines SET <set>` with `values` bound in order, if the version is still
+    /// `expected_version`.
+    pub(super) async fn update_cas(
+        &self,
+        id: MachineId,
+        expected_version: i64,
+        set: &str,
+        values: &[Option<String>],
+    ) -> StoreResult<Cas> {
+        let sql = format!(
+            "UPDATE machines SET {set}, version = version + 1 WHERE id = ? AND version = ?"
+        );
+        let mut q = sqlx::query(&sql);
+        for v in values {
+            q = q.bind(v);
+        }
+        let done = q
+            .bind(id.to_string())
+            .bind(expected_version)
+            .execute(self.writer())
+            .await
+            .map_err(db)?;
+        Ok(if done.rows_affected() == 1 {
+            Cas::Done(expected_version + 1)
+        } else {
+            Cas::Conflict
+        })
+    }
 }
 
 fn state_from_str(s: &str) -> MachineState {
@@ -153,6 +182,7 @@ fn machine_from_row(r: &SqliteRow, alerts: Vec<AlertRecord>) -> StoreResult<Mach
         status: r.try_get("status").map_err(db)?,
         version: r.try_get("version").map_err(db)?,
         alerts,
+        fleet: super::sqlite_fleet::fleet_from_row(r)?,
     })
 }
 
@@ -168,7 +198,7 @@ fn alert_from_row(r: &SqliteRow) -> StoreResult<(String, AlertRecord)> {
 }
 
 const MACHINE_COLS: &str = "id, state, hostname, identity, inventory, inventory_at, boot_id, \
-     enrollments, created_at, last_seen, status, version";
+     enrollments, created_at, last_seen, status, version, tags, location, claim, rule";
 
 /// Identifiers recorded for a machine, as evidence.
 async fn machine_evidence(tx: &mut Transaction<'_, Sqlite>, id: &str) -> StoreResult<Evidence> {
@@ -551,6 +581,11 @@ impl Store for SqliteStore {
             input.now,
         )
         .await?;
+        // Fleet (store/sqlite_fleet.rs): a machine created through a `new` token is marked new.
+        if created {
+            super::sqlite_fleet::mark_if_new(&mut tx, machine_id, &input.token_hash, input.now)
+                .await?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(EnrollOutcome::Enrolled {
             machine_id,
@@ -680,20 +715,9 @@ impl Store for SqliteStore {
         expected_version: i64,
         state: MachineState,
     ) -> StoreResult<Cas> {
-        let done = sqlx::query(
-            "UPDATE machines SET state = ?, version = version + 1 WHERE id = ? AND version = ?",
-        )
-        .bind(state.as_str())
-        .bind(id.to_string())
-        .bind(expected_version)
-        .execute(&self.writer)
-        .await
-        .map_err(db)?;
-        Ok(if done.rows_affected() == 1 {
-            Cas::Done(expected_version + 1)
-        } else {
-            Cas::Conflict
-        })
+        let state = Some(state.as_str().to_string());
+        self.update_cas(id, expected_version, "state = ?", &[state])
+            .await
     }
 
     async fn put_inventory(

@@ -131,8 +131,27 @@ pub async fn assign(
     workflow: &str,
     current: Option<(String, String)>,
 ) -> Result<RunRecord, WorkflowError> {
+    assign_plan(app, machine, &resolve(app, workflow).await?, current).await
+}
+
+/// `workflow` resolved from the newest content, built-ins included.
+pub async fn resolve(app: &App, workflow: &str) -> Result<Plan, WorkflowError> {
     let (content_version, content) = current_content(app).await?;
-    let plan = plan::resolve(&content.objects(), workflow, content_version)?;
+    Ok(plan::resolve(
+        &content.objects(),
+        workflow,
+        content_version,
+    )?)
+}
+
+/// [`assign`] with the plan already resolved (the fleet guard checks it first).
+pub async fn assign_plan(
+    app: &App,
+    machine: MachineId,
+    plan: &Plan,
+    current: Option<(String, String)>,
+) -> Result<RunRecord, WorkflowError> {
+    let (workflow, content_version) = (&plan.workflow, plan.content_version);
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::store::to_ms(now);
     let make = |plan: &Plan| {
@@ -142,11 +161,11 @@ pub async fn assign(
     let cancel = |run: &mut Run, plan: &Plan| step_at(run, plan, Event::Cancel, now_ms);
     let stepped = app
         .store
-        .start_run(machine, &plan, &make, &cancel, now)
+        .start_run(machine, plan, &make, &cancel, now)
         .await?
         .ok_or(WorkflowError::NoMachine(machine))?;
     metrics::counter!("anneal_workflow_runs_total").increment(1);
-    tracing::info!(machine_id = %machine, run = %stepped.record.id, workflow, content_version, phase = stepped.record.run.phase.name(), "workflow assigned");
+    tracing::info!(machine_id = %machine, run = %stepped.record.id, workflow = %workflow, content_version, phase = stepped.record.run.phase.name(), "workflow assigned");
     Ok(stepped.record)
 }
 
