@@ -234,7 +234,13 @@ async fn boot(sh: &Shared, machine: u32, r: &mut MachineResult) -> Option<Boot> 
     let hostname = format!("sim-{machine:08}");
     let session = {
         let _permit = sh.gate.acquire().await.expect("semaphore never closed");
-        let enroller = Enroller::new(&sh.cfg.url, &sh.cfg.ca_fingerprint, Clock::system()).ok()?;
+        let enroller = match Enroller::new(&sh.cfg.url, &sh.cfg.ca_fingerprint, Clock::system()) {
+            Ok(e) => e,
+            Err(e) => {
+                r.error("enroll", &e);
+                return None;
+            }
+        };
         retrying(sh, "enroll", r, || {
             enroller.enroll(&token, hints.clone(), &boot_id, &hostname)
         })

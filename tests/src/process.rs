@@ -16,6 +16,7 @@ pub struct ServerProcess {
     child: Option<Child>,
     dir: tempfile::TempDir,
     ports: [u16; 3],
+    extra: Vec<String>,
     /// Starts so far (1 after `start`).
     pub starts: u32,
     /// `https://127.0.0.1:PORT` (operator API and enrollment).
@@ -42,11 +43,11 @@ impl ServerProcess {
         std::fs::create_dir_all(&discovery)?;
         std::fs::write(discovery.join(anneal_server::boot::KERNEL_NAME), b"kernel")?;
         std::fs::write(discovery.join(anneal_server::boot::INITRD_NAME), b"initrd")?;
-        std::fs::write(dir.path().join("args"), extra.join("\n").as_bytes())?;
         let mut s = ServerProcess {
             child: None,
             dir,
             ports: [free_port()?, free_port()?, free_port()?],
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             starts: 0,
             api_url: String::new(),
             http_url: String::new(),
@@ -70,7 +71,6 @@ impl ServerProcess {
         self.starts += 1;
         let bin = binaries::anneal()?;
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p)).to_string();
-        let extra = std::fs::read_to_string(self.dir.path().join("args"))?;
         let log = self.log_path();
         let child = Command::new(&bin)
             .arg("serve")
@@ -79,7 +79,7 @@ impl ServerProcess {
             .args(["--api-listen", &addr(self.ports[0])])
             .args(["--agent-listen", &addr(self.ports[1])])
             .args(["--http-listen", &addr(self.ports[2])])
-            .args(extra.lines().filter(|l| !l.is_empty()))
+            .args(&self.extra)
             .env("ANNEAL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
