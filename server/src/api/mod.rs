@@ -2,9 +2,11 @@
 //! and an OpenAPI document generated from these handlers (committed as `docs/openapi.json`
 //! and checked by a test).
 
+mod audit;
 mod auth;
 mod boot;
 mod content;
+mod events;
 mod machines;
 mod tokens;
 pub mod workflows;
@@ -22,6 +24,7 @@ use crate::app::App;
 use crate::store::{MachineRecord, QuarantineRecord};
 
 pub use auth::Caller;
+pub use events::KEEP_ALIVE as EVENTS_KEEP_ALIVE;
 
 /// Routes under `/api/v1`, all behind token authentication.
 pub fn router(app: Arc<App>) -> Router {
@@ -45,6 +48,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/workflows", get(content::list))
         .route("/api/v1/jobs", get(workflows::jobs))
         .route("/api/v1/jobs/{id}/log", get(workflows::log))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/audit", get(audit::list))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,
@@ -72,9 +77,11 @@ pub fn router(app: Arc<App>) -> Router {
         workflows::act,
         workflows::jobs,
         workflows::log,
+        events::stream,
+        audit::list,
     ),
     modifiers(&BearerAuth),
-    tags((name = "machines"), (name = "tokens"), (name = "workflows"))
+    tags((name = "machines"), (name = "tokens"), (name = "workflows"), (name = "events"), (name = "audit"))
 )]
 pub struct ApiDoc;
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::store::workflow::{AttemptRecord, RunRecord};
 use crate::workflow::run::{Event, Phase};
@@ -82,9 +83,12 @@ pub async fn assign(
         .current_boot(id)
         .await?
         .and_then(|(boot, env)| env.map(|e| (boot, e)));
-    let run = service::assign(&app, id, &req.workflow, current).await?;
+    let before = app.store.current_run(id).await?.map(run_view);
+    let run = run_view(service::assign(&app, id, &req.workflow, current).await?);
     tracing::info!(machine_id = %id, workflow = %req.workflow, by = %caller.token_id, "workflow assigned");
-    Ok(Json(run_view(run)))
+    let change = Change::machine("workflow.assign", id);
+    audit::record(&app, &caller, change.before(&before).after(&run)).await;
+    Ok(Json(run))
 }
 
 /// A machine's current workflow run.
@@ -128,9 +132,12 @@ pub async fn act(
             )))
         }
     };
-    let run = service::operator(&app, id, event).await?;
+    let before = app.store.current_run(id).await?.map(run_view);
+    let run = run_view(service::operator(&app, id, event).await?);
     tracing::info!(machine_id = %id, action, by = %caller.token_id, "workflow action");
-    Ok(Json(run_view(run)))
+    let change = Change::machine(&format!("workflow.{action}"), id);
+    audit::record(&app, &caller, change.before(&before).after(&run)).await;
+    Ok(Json(run))
 }
 
 /// Filters of the job list.

@@ -40,6 +40,7 @@ where
     wf::content_versions_are_kept_and_unchanged_applies_make_none(make().await).await;
     wf::concurrent_asks_hand_out_one_attempt(make().await).await;
     wf::log_chunks_never_lose_or_repeat_a_byte(make().await).await;
+    super::conformance_audit::audit_entries_are_kept_listed_and_filtered(make().await).await;
 }
 
 fn now() -> OffsetDateTime {

@@ -5,11 +5,14 @@
 //! compare-and-set: a conditional update whose affected-row count says who won, never a plain
 //! read-modify-write. `conformance` holds the suite every engine must pass.
 
+pub mod audit;
 pub mod boot;
 pub mod conformance;
+mod conformance_audit;
 mod conformance_workflow;
 pub mod leases;
 mod sqlite;
+mod sqlite_audit;
 mod sqlite_boot;
 mod sqlite_leases;
 mod sqlite_workflow;
@@ -27,6 +30,7 @@ use time::OffsetDateTime;
 
 use crate::identity::Evidence;
 
+pub use audit::{AuditQuery, AuditStore};
 pub use boot::{BootMachine, BootStore};
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
 pub use sqlite::SqliteStore;
@@ -279,9 +283,9 @@ pub enum Cas {
 
 /// The engine-neutral persistence interface. Concerns with their own tables add their methods
 /// as supertraits, each in its own file (`boot.rs`: [`BootStore`], `workflow.rs`:
-/// [`WorkflowStore`]).
+/// [`WorkflowStore`], `audit.rs`: [`AuditStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + BootStore + WorkflowStore + Send + Sync {
+pub trait Store: LeaseStore + BootStore + WorkflowStore + AuditStore + Send + Sync {
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 
