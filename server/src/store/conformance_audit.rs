@@ -19,7 +19,7 @@ fn entry(n: u32, token: &str, machine: Option<Uuid>, at: OffsetDateTime) -> Audi
             token_id: token.into(),
             name: format!("{token} name"),
             role: Role::Operator,
-            address: (n % 2 == 0).then(|| format!("192.0.2.{n}:5000")),
+            address: n.is_multiple_of(2).then(|| format!("192.0.2.{n}:5000")),
         },
         action: format!("action.{n}"),
         target_kind: "machine".into(),
