@@ -60,7 +60,7 @@ pub async fn watch(api: &ApiClient, opts: WatchOpts) -> Result<()> {
                 if failures >= MAX_FAILURES {
                     bail!("giving up after {failures} attempts: {e}");
                 }
-                eprintln!("{e}; trying again in {}s", backoff.as_secs());
+                board.notice(&format!("{e}; trying again in {}s", backoff.as_secs()));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -89,10 +89,10 @@ pub async fn watch(api: &ApiClient, opts: WatchOpts) -> Result<()> {
                 };
                 last = frame.id.or(last);
                 if event.kind == EventKind::Reset {
-                    eprintln!(
+                    board.notice(&format!(
                         "events were missed ({}): what is shown may be incomplete",
                         event.reason.as_deref().unwrap_or("reset")
-                    );
+                    ));
                     if live {
                         board.names = machine_names(api).await;
                     }
@@ -113,10 +113,10 @@ pub async fn watch(api: &ApiClient, opts: WatchOpts) -> Result<()> {
                 }
             }
         };
-        eprintln!(
+        board.notice(&format!(
             "{ended}; reconnecting from {}",
             last.as_deref().unwrap_or("now")
-        );
+        ));
         tokio::time::sleep(backoff).await;
     }
 }
@@ -250,6 +250,12 @@ impl Board {
             out.push(format!("last: {l}"));
         }
         out
+    }
+
+    /// Say something on stderr; the block is drawn afresh below it, so it stays visible.
+    fn notice(&mut self, message: &str) {
+        eprintln!("{message}");
+        self.drawn = 0;
     }
 
     /// Redraw the block in place.
