@@ -29,6 +29,8 @@ pub struct App {
     pub heartbeats: HeartbeatSink,
     /// The newest workflow content, merged over the built-ins.
     pub content: crate::workflow::service::ContentCache,
+    /// Every state change, streamed to `GET /api/v1/events`.
+    pub events: Arc<crate::events::EventBus>,
 }
 
 /// What `prepare` produced besides the app.
@@ -96,6 +98,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
             config,
             heartbeats,
             content: Default::default(),
+            events: Default::default(),
         }),
         server_cert,
         first_admin_token,

@@ -5,12 +5,14 @@
 pub mod agent_api;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod content;
 pub mod dhcp;
 pub mod enroll;
+pub mod events;
 pub mod fleet;
 pub mod heartbeat;
 pub mod http_util;

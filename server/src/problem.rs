@@ -2,7 +2,7 @@
 //! for our own failures, whose details go to the log, not to the client.
 
 use anneal_shared::api::Problem;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -123,45 +123,45 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     ApiError::new(status, "invalid-body", r.body_text())
 }
 
-/// Path extractor whose rejection (e.g. a malformed id) is a 400 problem.
-pub struct ApiPath<T>(pub T);
+/// A request-parts extractor: axum's `$inner`, with every rejection a 400 problem saying
+/// what was wrong.
+macro_rules! problem_extractor {
+    ($(#[$doc:meta])* $name:ident, $inner:ident) => {
+        $(#[$doc])*
+        pub struct $name<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S, T> FromRequestParts<S> for $name<T>
+        where
+            T: DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(r) => Err(path_rejection(r)),
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                match axum::extract::$inner::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$inner(v)) => Ok($name(v)),
+                    Err(r) => Err(ApiError::bad_request(r.body_text())),
+                }
+            }
         }
-    }
+    };
 }
 
-fn path_rejection(r: PathRejection) -> ApiError {
-    ApiError::bad_request(r.body_text())
-}
+problem_extractor!(
+    /// Path extractor whose rejection (e.g. a malformed id) is a 400 problem.
+    ApiPath,
+    Path
+);
 
-/// Query-string extractor whose rejection (an unknown type, a repeated key) is a 400 problem.
-pub struct ApiQuery<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(r) => Err(ApiError::bad_request(r.body_text())),
-        }
-    }
-}
+problem_extractor!(
+    /// Query-string extractor whose rejection (a malformed id, an unknown type, a repeated key)
+    /// is a 400 problem.
+    ApiQuery,
+    Query
+);
 
 /// Fallback for unknown routes: a problem, not an empty 404.
 pub async fn not_found() -> ApiError {

@@ -200,7 +200,15 @@ pub async fn start(mut config: Config) -> Result<Running> {
         app.clone(),
         shutdown.clone(),
     ));
+    // Event streams never end by themselves: end them so the API listener can drain.
+    let events = app.events.clone();
+    let closer = shutdown.clone();
+    let events_closed = tokio::spawn(async move {
+        closer.cancelled().await;
+        events.close();
+    });
     let done = tokio::spawn(async move {
+        let _ = events_closed.await;
         let _ = ticker.await;
         let _ = api.await;
         let _ = agent.await;

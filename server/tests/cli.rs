@@ -589,3 +589,80 @@ async fn fleet_commands_tag_locate_select_claim_and_assign_in_bulk() {
     assert!(unclaim.ok, "{}", unclaim.stderr);
     running.stop().await;
 }
+
+/// `anneal watch` off a terminal prints one line (or JSON object) per event and stops after
+/// `--count`; `anneal audit` lists the changes made, as a table and as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_events_and_audit_lists_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = start_server(dir.path(), false).await;
+    let run = |args: Vec<String>| {
+        let (d, url) = (dir.path().to_path_buf(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            anneal(&d, &url, &a)
+        })
+    };
+    let arg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for description in ["first", "second"] {
+        let made = run(arg(&["tokens", "create", "--description", description]))
+            .await
+            .unwrap();
+        assert!(made.ok, "{}", made.stderr);
+    }
+    let start = format!("{}-0", running.app.events.epoch());
+
+    let json = run(arg(&[
+        "watch", "--since", &start, "--count", "2", "-o", "json",
+    ]))
+    .await
+    .unwrap();
+    assert!(json.ok, "{}", json.stderr);
+    let events: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(events.len(), 2, "{}", json.stdout);
+    assert!(events.iter().all(|e| e["kind"] == "token_created"));
+    assert_eq!(events[1]["id"], format!("{}-2", running.app.events.epoch()));
+
+    // Resuming after the first: only the second, as a line.
+    let first = events[0]["id"].as_str().unwrap();
+    let lines = run(arg(&["watch", "--since", first, "--count", "1"]))
+        .await
+        .unwrap();
+    assert!(lines.ok, "{}", lines.stderr);
+    assert_eq!(lines.stdout.lines().count(), 1, "{}", lines.stdout);
+    assert!(lines.stdout.contains("token_created"), "{}", lines.stdout);
+    assert!(
+        lines.stdout.contains(events[1]["reason"].as_str().unwrap()),
+        "names the token: {}",
+        lines.stdout
+    );
+
+    let bad = run(arg(&["watch", "--kind", "bogus"])).await.unwrap();
+    assert!(!bad.ok, "{}", bad.stdout);
+    assert!(bad.stderr.contains("unknown event kind"), "{}", bad.stderr);
+
+    let table = run(arg(&["audit"])).await.unwrap();
+    assert!(table.ok, "{}", table.stderr);
+    assert!(table.stdout.starts_with("WHEN"), "{}", table.stdout);
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+    assert!(
+        table.stdout.contains("token.create") && table.stdout.contains("initial admin"),
+        "{}",
+        table.stdout
+    );
+    let audit = run(arg(&["audit", "--limit", "1", "-o", "json"]))
+        .await
+        .unwrap();
+    assert!(audit.ok, "{}", audit.stderr);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["after"]["description"], "second");
+    assert!(entries[0]["actor"]["address"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    running.stop().await;
+}

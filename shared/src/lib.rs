@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cmdline;
 pub mod content;
+pub mod events;
 pub mod inventory;
 pub mod protocol;
 

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: a real `anneal serve` on loopback in a temporary data
 //! directory, and real agents (the agent crate's own client) talking to it over real TLS.
 
+pub mod events;
 pub mod link;
 pub mod process;
 pub mod pxe;
@@ -86,15 +87,16 @@ impl TestServer {
             .expect("client")
     }
 
-    /// GET an operator API path as the admin; the JSON answer (panics on a non-2xx status).
-    pub async fn api_get(&self, path: &str) -> serde_json::Value {
-        let res = self
-            .http()
+    /// A GET of an operator API path as the admin, to send.
+    pub fn api_request(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http()
             .get(format!("{}{path}", self.api_url))
             .bearer_auth(&self.admin_token)
-            .send()
-            .await
-            .expect("API request");
+    }
+
+    /// GET an operator API path as the admin; the JSON answer (panics on a non-2xx status).
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let res = self.api_request(path).send().await.expect("API request");
         assert!(res.status().is_success(), "GET {path}: {}", res.status());
         res.json().await.expect("JSON answer")
     }

@@ -491,3 +491,117 @@ async fn with_approval_rules_wait_for_it_and_a_claim_before_approval_counts() {
     assert_eq!(machine_json(&server, id).await["rule"]["rule"], "wipe-all");
     server.stop().await;
 }
+
+/// Every fleet change is in the audit log (who, before and after; secrets masked) and on the
+/// event stream: tags and location, claims, params, a bulk assignment, a rule's assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_changes_are_audited_and_emitted() {
+    use anneal_shared::events::{AuditEntry, EventKind};
+    let server = TestServer::start().await;
+    let params =
+        "kind: param\nname: bmc-password\nsecret: true\n---\nkind: param\nname: rack-name\n";
+    assert_eq!(
+        apply(&server, &format!("{CONTENT}---\n{params}")).await.0,
+        200
+    );
+    let mut events = anneal_tests::events::EventStream::open(&server, "", None).await;
+    let (id, _s) = machine(&server, 41, false, &inventory("PowerEdge", 2, 4, 1)).await;
+    let audit = |query: String| {
+        let server = &server;
+        async move {
+            let v = server.api_get(&format!("/api/v1/audit?{query}")).await;
+            serde_json::from_value::<Vec<AuditEntry>>(v).expect("audit entries")
+        }
+    };
+
+    let edit = json!({"add_tags": ["web"], "location": {"rack": "r1"}});
+    assert_eq!(patch(&server, id, edit).await.0, 200);
+    assert_eq!(claim(&server, "POST", id).await.0, 200);
+    assert_eq!(claim(&server, "DELETE", id).await.0, 200);
+    let set = json!({"set": {"bmc-password": "hunter2", "rack-name": "r1"}});
+    let path = format!("/api/v1/machines/{id}/params");
+    let (status, v) = call(&server, "PATCH", &path, Some(set)).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = bulk(&server, "burn", json!({"selector": "tag=web"})).await;
+    assert_eq!(status, 200, "{v}");
+
+    let entries = audit(format!("machine={id}")).await;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "workflow.assign",
+            "machine.params",
+            "machine.unclaim",
+            "machine.claim",
+            "machine.labels"
+        ],
+        "newest first"
+    );
+    assert_eq!(entries[0].after.as_ref().unwrap()["selector"], "tag=web");
+    assert_eq!(entries[4].before.as_ref().unwrap()["tags"], json!([]));
+    assert_eq!(entries[4].after.as_ref().unwrap()["tags"], json!(["web"]));
+    assert_eq!(entries[4].after.as_ref().unwrap()["location"]["rack"], "r1");
+    assert_eq!(entries[3].after.as_ref().unwrap()["kind"], "operator");
+    assert_eq!(entries[2].after, None, "unclaimed: no claim after");
+    let params_after = entries[1].after.as_ref().unwrap();
+    assert_eq!(params_after["params"]["rack-name"], "r1");
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("hunter2"),
+        "a secret reached the audit log: {text}"
+    );
+
+    // A rule's assignment is recorded with the rule as the actor.
+    let rule = "kind: rule\nname: burn-all\nselector: state=discovered\nworkflow: burn\n";
+    assert_eq!(apply(&server, rule).await.0, 200);
+    let (fresh, _s2) = machine(&server, 42, false, &inventory("ProLiant", 2, 4, 1)).await;
+    let entries = audit(format!("machine={fresh}")).await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0].action, "workflow.assign");
+    assert_eq!(entries[0].actor.token_id, "rule:burn-all");
+    assert_eq!(entries[0].after.as_ref().unwrap()["workflow"], "burn");
+
+    // The same changes, as events, in order.
+    let seen = events
+        .until(200, |e| {
+            e.kind == EventKind::RuleFired && e.machine_id == Some(fresh)
+        })
+        .await;
+    let kinds: Vec<(EventKind, Option<&str>)> = (seen.iter())
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::MachineUpdated
+                    | EventKind::MachineClaimed
+                    | EventKind::RunAssigned
+                    | EventKind::RuleFired
+            )
+        })
+        .map(|e| (e.kind, e.state.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::RuleFired, Some("no_match")),
+            (EventKind::MachineUpdated, None),
+            (EventKind::MachineClaimed, Some("claimed")),
+            (EventKind::MachineClaimed, Some("unclaimed")),
+            (EventKind::MachineUpdated, None),
+            (EventKind::RunAssigned, None),
+            (EventKind::RunAssigned, None),
+            (EventKind::RuleFired, Some("assigned")),
+        ],
+        "{seen:#?}"
+    );
+    let params_event = seen
+        .iter()
+        .filter(|e| e.kind == EventKind::MachineUpdated)
+        .nth(1);
+    let reason = params_event.and_then(|e| e.reason.as_deref()).unwrap_or("");
+    assert!(
+        reason.contains("bmc-password") && !reason.contains("hunter2"),
+        "{reason}"
+    );
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anneal_shared::api::{Machine, MachineState};
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::protocol::{
     Directive, HeartbeatRequest, HeartbeatResponse, InventoryReport, RenewRequest, RenewResponse,
 };
@@ -78,6 +79,8 @@ pub async fn inventory(
         .put_inventory(me.machine_id, &report.inventory, OffsetDateTime::now_utc())
         .await?;
     metrics::counter!("anneal_inventory_reports_total").increment(1);
+    app.events
+        .emit(Event::of(EventKind::InventoryStored).machine(me.machine_id));
     tracing::info!(machine_id = %me.machine_id, boot_id = %report.boot_id, disks = report.inventory.disks.len(), nics = report.inventory.nics.len(), "inventory received");
     crate::fleet::rules::machine_ready(&app, me.machine_id).await;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,6 @@
 //! Operator authentication: `Authorization: Bearer <token>`, looked up by hash, with a role.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anneal_shared::api::Role;
@@ -10,6 +11,7 @@ use axum::response::Response;
 
 use crate::app::App;
 use crate::problem::ApiError;
+use crate::tls::PeerInfo;
 use crate::tokens::hash_secret;
 
 /// Who is calling, as handlers see it.
@@ -19,6 +21,10 @@ pub struct Caller {
     pub token_id: String,
     /// Its role.
     pub role: Role,
+    /// Its name (for the audit log).
+    pub name: String,
+    /// Where the request came from, when the listener knows it.
+    pub address: Option<SocketAddr>,
 }
 
 impl Caller {
@@ -66,9 +72,12 @@ pub async fn authenticate(
             metrics::counter!("anneal_api_auth_refused_total").increment(1);
             ApiError::unauthorized("unknown API token")
         })?;
+    let address = req.extensions().get::<PeerInfo>().map(|p| p.addr);
     req.extensions_mut().insert(Caller {
         token_id: token.id,
         role: token.role,
+        name: token.name,
+        address,
     });
     Ok(next.run(req).await)
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anneal_shared::api::{Problem, Role};
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::MachineId;
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -11,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::problem::{ApiError, ApiPath};
 use crate::store::boot::BOOT_ENV_DISCOVERY;
 
@@ -44,8 +46,19 @@ pub async fn rediscover(
         return Err(ApiError::not_found(format!("no machine {id}")));
     }
     tracing::info!(machine_id = %id, by = %caller.token_id, "rediscovery requested for the next PXE boot");
-    Ok(Json(NextBoot {
+    let next = NextBoot {
         machine_id: id,
         boot_env: BOOT_ENV_DISCOVERY.into(),
-    }))
+    };
+    audit::record(
+        &app,
+        &caller,
+        Change::machine("machine.rediscover", id).after(&next),
+    )
+    .await;
+    app.events.emit(Event {
+        boot_env: Some(BOOT_ENV_DISCOVERY.into()),
+        ..Event::of(EventKind::RediscoverRequested).machine(id)
+    });
+    Ok(Json(next))
 }

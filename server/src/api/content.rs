@@ -6,12 +6,14 @@ use std::sync::Arc;
 use anneal_shared::api::{
     AppliedObject, ApplyContent, ApplyReport, Problem, Role, WorkflowSummary,
 };
+use anneal_shared::events::{Event, EventKind};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 
 use super::auth::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::content::{builtin, load_files, ContentErrors, ContentSet};
 use crate::problem::{ApiError, ApiJson};
 use crate::store::workflow::ApplyAction;
@@ -43,6 +45,7 @@ pub async fn apply(
     let new = load_files(req.files.iter().map(|f| (f.path.as_str(), f.text.as_str())))
         .map_err(invalid)?;
     let (version, current) = current_content(&app).await?;
+    let before = version;
     // The new objects over everything in force now, validated as a whole.
     ContentSet::merge(&current, &new).map_err(invalid)?;
     let objects = new.objects();
@@ -93,6 +96,14 @@ pub async fn apply(
     };
     if !req.dry_run {
         tracing::info!(version, objects = report.objects.len(), by = %caller.token_id, "content applied");
+        let change = Change::new("content.apply", "content", format!("version {version}"))
+            .before(&serde_json::json!({ "version": before }))
+            .after(&report);
+        audit::record(&app, &caller, change).await;
+        app.events.emit(Event {
+            reason: Some(format!("version {version}")),
+            ..Event::of(EventKind::ContentApplied)
+        });
     }
     Ok(Json(report))
 }

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use anneal_shared::api::{
-    BulkAssign, BulkAssignReport, Claim, ClaimKind, Machine, Problem, Role, UpdateMachine,
+    AssignResult, BulkAssign, BulkAssignReport, Claim, ClaimKind, Machine, Problem, Role,
+    UpdateMachine,
 };
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::MachineId;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +18,7 @@ use super::machine_view;
 use super::machines::find;
 use super::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::fleet::bulk::{self, BulkError};
 use crate::fleet::guard::AssignError;
 use crate::fleet::labels;
@@ -86,7 +89,21 @@ pub async fn update(
         Cas::Conflict => return Err(changed_underneath(id)),
     }
     tracing::info!(machine_id = %id, ?tags, ?location, by = %caller.token_id, "machine labels changed");
-    Ok(Json(machine_view(find(&app, id).await?)))
+    let after = find(&app, id).await?;
+    let labels = |m: &crate::store::MachineRecord| serde_json::json!({"tags": m.fleet.tags, "location": m.fleet.location});
+    let change = Change::machine("machine.labels", id);
+    audit::record(
+        &app,
+        &caller,
+        change.before(&labels(&m)).after(&labels(&after)),
+    )
+    .await;
+    app.events.emit(Event {
+        reason: Some("tags and location".into()),
+        hostname: after.hostname.clone(),
+        ..Event::of(EventKind::MachineUpdated).machine(id)
+    });
+    Ok(Json(machine_view(after)))
 }
 
 /// Claim a machine: it may run one destructive workflow (the assignment consumes the claim).
@@ -133,6 +150,19 @@ async fn set_claim(
         Cas::Conflict => return Err(changed_underneath(id)),
     }
     tracing::info!(machine_id = %id, claimed = claim.is_some(), by = %caller.token_id, "machine claim changed");
+    let (action, state) = match claim {
+        Some(_) => ("machine.claim", "claimed"),
+        None => ("machine.unclaim", "unclaimed"),
+    };
+    let change = Change::machine(action, id)
+        .before(&m.fleet.claim)
+        .after(&claim);
+    audit::record(&app, &caller, change).await;
+    app.events.emit(Event {
+        state: Some(state.into()),
+        hostname: m.hostname.clone(),
+        ..Event::of(EventKind::MachineClaimed).machine(id)
+    });
     Ok(Json(machine_view(find(&app, id).await?)))
 }
 
@@ -151,7 +181,16 @@ pub async fn bulk_assign(
     ApiJson(req): ApiJson<BulkAssign>,
 ) -> Result<Json<BulkAssignReport>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok(Json(
-        bulk::assign(&app, &name, &req, &caller.token_id).await?,
-    ))
+    let report = bulk::assign(&app, &name, &req, &caller.token_id).await?;
+    // One entry per machine that got the workflow, so a machine's audit trail shows it.
+    for m in report
+        .machines
+        .iter()
+        .filter(|m| m.result == AssignResult::Assigned)
+    {
+        let after = serde_json::json!({"workflow": name, "run": m.run, "selector": req.selector});
+        let change = Change::machine("workflow.assign", m.machine_id).after(&after);
+        audit::record(&app, &caller, change).await;
+    }
+    Ok(Json(report))
 }

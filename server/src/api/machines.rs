@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anneal_shared::api::{
     Machine, MachineState, MachineSummary, Problem, QuarantinedEnrollment, Role,
 };
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::MachineId;
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -13,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::{machine_summary, machine_view, quarantine_view, Caller};
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::fleet::selector::Selector;
 use crate::problem::{ApiError, ApiPath, ApiQuery};
 use crate::store::Cas;
@@ -104,6 +106,20 @@ pub async fn approve(
     tracing::info!(machine_id = %id, by = %caller.token_id, "machine approved");
     crate::fleet::rules::machine_ready(&app, id).await;
     let m = find(&app, id).await?;
+    let state = |s: MachineState| serde_json::json!({ "state": s });
+    audit::record(
+        &app,
+        &caller,
+        Change::machine("machine.approve", id)
+            .before(&state(MachineState::Pending))
+            .after(&state(m.state)),
+    )
+    .await;
+    app.events.emit(Event {
+        state: Some(m.state.as_str().into()),
+        hostname: m.hostname.clone(),
+        ..Event::of(EventKind::MachineApproved).machine(id)
+    });
     Ok(Json(machine_view(m)))
 }
 
@@ -131,7 +147,18 @@ pub async fn revoke(
         .revoke_machine_certs(id, OffsetDateTime::now_utc())
         .await?;
     tracing::warn!(machine_id = %id, revoked, by = %caller.token_id, "machine certificates revoked");
-    Ok(Json(Revoked { revoked }))
+    let out = Revoked { revoked };
+    audit::record(
+        &app,
+        &caller,
+        Change::machine("machine.revoke", id).after(&out),
+    )
+    .await;
+    app.events.emit(Event {
+        reason: Some(format!("{revoked} certificate(s) revoked")),
+        ..Event::of(EventKind::MachineRevoked).machine(id)
+    });
+    Ok(Json(out))
 }
 
 /// Enrollments held back because their identity evidence contradicts existing records.

@@ -2,9 +2,11 @@
 //! and an OpenAPI document generated from these handlers (committed as `docs/openapi.json`
 //! and checked by a test).
 
+mod audit;
 mod auth;
 mod boot;
 mod content;
+mod events;
 mod fleet;
 mod machines;
 mod params;
@@ -24,6 +26,7 @@ use crate::app::App;
 use crate::store::{MachineRecord, QuarantineRecord};
 
 pub use auth::Caller;
+pub use events::KEEP_ALIVE as EVENTS_KEEP_ALIVE;
 
 /// Routes under `/api/v1`, all behind token authentication.
 pub fn router(app: Arc<App>) -> Router {
@@ -59,6 +62,8 @@ pub fn router(app: Arc<App>) -> Router {
             post(fleet::claim).delete(fleet::unclaim),
         )
         .route("/api/v1/workflows/{name}/assign", post(fleet::bulk_assign))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/audit", get(audit::list))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,
@@ -92,9 +97,11 @@ pub fn router(app: Arc<App>) -> Router {
         fleet::claim,
         fleet::unclaim,
         fleet::bulk_assign,
+        events::stream,
+        audit::list,
     ),
     modifiers(&BearerAuth),
-    tags((name = "machines"), (name = "tokens"), (name = "workflows"))
+    tags((name = "machines"), (name = "tokens"), (name = "workflows"), (name = "events"), (name = "audit"))
 )]
 pub struct ApiDoc;
 

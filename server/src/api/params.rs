@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anneal_shared::api::{MachineParams, ParamValue, Problem, Role, UpdateMachineParams};
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::MachineId;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,6 +15,7 @@ use time::OffsetDateTime;
 
 use super::auth::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::content::{ContentSet, Resolved, ValueSource, MASK};
 use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::store::workflow::MachineParams as Stored;
@@ -82,6 +84,28 @@ pub async fn update(
     }
     let names: Vec<&String> = req.set.keys().chain(&req.unset).collect();
     tracing::info!(machine_id = %id, by = %caller.token_id, params = ?names, profiles = ?next.profiles, "machine params changed");
+    // Own values and profiles only; secret params are masked by name as well as by the view.
+    let own = |p: &Stored| serde_json::json!({"profiles": p.profiles, "params": view(p, &content).params});
+    let secrets: Vec<&str> = (content.params.iter())
+        .filter(|(_, d)| d.secret)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let change = Change::machine("machine.params", id)
+        .before(&own(&stored))
+        .after(&own(&next))
+        .redacting(&secrets);
+    audit::record(&app, &caller, change).await;
+    app.events.emit(Event {
+        reason: Some(format!(
+            "params {}",
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        ..Event::of(EventKind::MachineUpdated).machine(id)
+    });
     Ok(Json(view(&next, &content)))
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anneal_shared::api::{
     BootstrapToken, CreateBootstrapToken, CreatedBootstrapToken, Problem, Role,
 };
+use anneal_shared::events::{Event, EventKind};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -12,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::identity::normalize_mac;
 use crate::problem::{ApiError, ApiJson};
 use crate::store::BootstrapTokenRecord;
@@ -80,11 +82,18 @@ pub async fn create(
         )));
     }
     tracing::info!(token_id = %record.id, uses, ttl, new = req.new, by = %caller.token_id, "bootstrap token created");
+    let info = view(record, req.new);
+    let change = Change::new("token.create", "token", info.id.clone()).after(&info);
+    audit::record(&app, &caller, change).await;
+    app.events.emit(Event {
+        reason: Some(info.id.clone()),
+        ..Event::of(EventKind::TokenCreated)
+    });
     Ok((
         StatusCode::CREATED,
         Json(CreatedBootstrapToken {
             token: secret,
-            info: view(record, req.new),
+            info,
         }),
     ))
 }

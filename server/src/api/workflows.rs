@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::fleet::guard::{self, Checked, Source};
 use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::store::workflow::{AttemptRecord, RunRecord};
@@ -80,8 +81,12 @@ pub async fn assign(
 ) -> Result<Json<WorkflowRun>, ApiError> {
     caller.require(Role::Operator)?;
     let checked = Checked::resolve(&app, &req.workflow).await?;
+    let before = app.store.current_run(id).await?.map(run_view);
     let run = guard::assign(&app, id, &checked, Source::Operator(&caller.token_id)).await?;
-    Ok(Json(run_view(run)))
+    let run = run_view(run);
+    let change = Change::machine("workflow.assign", id);
+    audit::record(&app, &caller, change.before(&before).after(&run)).await;
+    Ok(Json(run))
 }
 
 /// A machine's current workflow run.
@@ -125,9 +130,12 @@ pub async fn act(
             )))
         }
     };
-    let run = service::operator(&app, id, event).await?;
+    let before = app.store.current_run(id).await?.map(run_view);
+    let run = run_view(service::operator(&app, id, event).await?);
     tracing::info!(machine_id = %id, action, by = %caller.token_id, "workflow action");
-    Ok(Json(run_view(run)))
+    let change = Change::machine(&format!("workflow.{action}"), id);
+    audit::record(&app, &caller, change.before(&before).after(&run)).await;
+    Ok(Json(run))
 }
 
 /// Filters of the job list.

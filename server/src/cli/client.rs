@@ -14,6 +14,9 @@ use super::ClientOpts;
 /// An authenticated connection to one server's operator API.
 pub struct ApiClient {
     http: reqwest::Client,
+    /// For endless streams: no overall timeout, but silence longer than three keep-alives
+    /// counts as a dropped connection.
+    streams: reqwest::Client,
     base: String,
     token: String,
 }
@@ -55,11 +58,17 @@ impl ApiClient {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .use_preconfigured_tls(tls.clone())
             .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let streams = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(crate::api::EVENTS_KEEP_ALIVE * 3)
             .build()?;
         Ok(ApiClient {
             http,
+            streams,
             base: opts.server.trim_end_matches('/').to_string(),
             token,
         })
@@ -124,6 +133,42 @@ impl ApiClient {
         Ok((bytes.to_vec(), value))
     }
 
+    /// Open an endless stream (`text/event-stream`), resuming after `last_event_id`. Err on a
+    /// refusal (its problem's detail) or an unreachable server; [`StreamError::refused`] tells
+    /// which.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, StreamError> {
+        let mut req = self
+            .streams
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.map_err(|e| StreamError {
+            refused: false,
+            message: format!("cannot reach the server at {}: {e}", self.base),
+        })?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let bytes = res.bytes().await.unwrap_or_default();
+        let message = match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) => format!("{} ({})", p.detail.unwrap_or(p.title), status.as_u16()),
+            Err(_) => format!("server answered {status}"),
+        };
+        Err(StreamError {
+            // A client error will not go away by asking again; a server error may.
+            refused: status.is_client_error(),
+            message,
+        })
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
         let res = req
             .bearer_auth(&self.token)
@@ -143,4 +188,14 @@ impl ApiClient {
         }
         serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
     }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StreamError {
+    /// The server refused the request itself (4xx): retrying will not help.
+    pub refused: bool,
+    /// What went wrong.
+    pub message: String,
 }

@@ -3,6 +3,8 @@
 mod client;
 mod output;
 mod params;
+pub mod sse;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -83,6 +85,47 @@ enum Command {
     },
     /// Print the operator API's OpenAPI document.
     Openapi,
+    /// Follow the server's events: live progress per machine on a terminal, else one line
+    /// per event.
+    Watch {
+        #[command(flatten)]
+        conn: ClientOpts,
+        /// Only this machine's events (id or id prefix).
+        #[arg(long)]
+        machine: Option<String>,
+        /// Only these kinds, comma-separated (e.g. run_phase,attempt_ended).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events of runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Start after this event id (replaying what followed it, while the server holds it).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Output format: `table` is the live view on a terminal, one line per event otherwise.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Changes made through the operator API: who, from where, when, before and after.
+    Audit {
+        #[command(flatten)]
+        conn: ClientOpts,
+        /// Only changes to this machine (id or unique id prefix).
+        #[arg(long)]
+        machine: Option<String>,
+        /// Only changes made with this API token (id or name).
+        #[arg(long)]
+        actor: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 /// How to reach and authenticate to a server.
@@ -307,6 +350,46 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ApiClient::new(&conn)?.get("/api/v1/workflows").await?;
             output::workflows(&list, output)
         }
+        Command::Watch {
+            conn,
+            machine,
+            kind,
+            workflow,
+            since,
+            count,
+            output,
+        } => {
+            let query = [("machine", machine), ("kind", kind), ("workflow", workflow)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", query_value(&v))))
+                .collect::<Vec<_>>()
+                .join("&");
+            let opts = watch::WatchOpts {
+                query,
+                since,
+                count,
+                output,
+            };
+            watch::watch(&ApiClient::new(&conn)?, opts).await
+        }
+        Command::Audit {
+            conn,
+            machine,
+            actor,
+            limit,
+            output,
+        } => {
+            let api = ApiClient::new(&conn)?;
+            let mut path = format!("/api/v1/audit?limit={limit}");
+            if let Some(m) = machine {
+                path += &format!("&machine={}", resolve_id(&api, &m).await?);
+            }
+            if let Some(a) = actor {
+                path += &format!("&actor={}", query_value(&a));
+            }
+            let list: Vec<anneal_shared::events::AuditEntry> = api.get(&path).await?;
+            output::audit(&list, output)
+        }
         Command::Quarantine { conn, output } => {
             let q: Vec<QuarantinedEnrollment> =
                 ApiClient::new(&conn)?.get("/api/v1/quarantine").await?;
@@ -331,6 +414,18 @@ fn read_content_files(path: &std::path::Path) -> Result<Vec<ContentFile>> {
                 path: p.display().to_string(),
                 text,
             })
+        })
+        .collect()
+}
+
+/// A query-string value, percent-encoded.
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
         })
         .collect()
 }

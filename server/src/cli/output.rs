@@ -5,6 +5,7 @@ use anneal_shared::api::{
     Location, Machine, MachineParams, MachineSummary, QuarantinedEnrollment, WorkflowRun,
     WorkflowSummary,
 };
+use anneal_shared::events::AuditEntry;
 use anyhow::Result;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -592,6 +593,41 @@ pub fn bulk(r: &BulkAssignReport, f: Format) -> Result<()> {
         r.machines.len(),
         if r.dry_run { "would get " } else { "got " },
         r.workflow
+    );
+    Ok(())
+}
+
+/// `anneal audit`.
+pub fn audit(list: &[AuditEntry], f: Format) -> Result<()> {
+    if structured(&list, f)? {
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no audit entries");
+        return Ok(());
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    table(
+        &["WHEN", "WHO", "ROLE", "FROM", "ACTION", "TARGET", "CHANGE"],
+        list.iter()
+            .map(|e| {
+                let change = match (&e.before, &e.after) {
+                    (Some(b), Some(a)) => format!("{b} -> {a}"),
+                    (None, Some(a)) => a.to_string(),
+                    (Some(b), None) => format!("{b} -> (gone)"),
+                    (None, None) => "-".into(),
+                };
+                vec![
+                    e.at.format(&fmt).unwrap_or_default(),
+                    e.actor.name.clone(),
+                    format!("{:?}", e.actor.role).to_lowercase(),
+                    dash(e.actor.address.as_ref()),
+                    e.action.clone(),
+                    e.target.clone(),
+                    change.chars().take(120).collect(),
+                ]
+            })
+            .collect(),
     );
     Ok(())
 }

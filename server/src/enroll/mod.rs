@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::protocol::{
     EnrollRequest, EnrollResponse, TimeResponse, PATH_CA, PATH_ENROLL, PATH_TIME,
 };
@@ -125,6 +126,11 @@ async fn enroll(
                     .increment(1);
                 tracing::warn!(%machine_id, boot_id = %req.boot_id, "second enrollment within one boot");
             }
+            app.events.emit(Event {
+                hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
+                state: Some(result.into()),
+                ..Event::of(EventKind::MachineEnrolled).machine(machine_id)
+            });
             crate::workflow::service::enrolled(&app, machine_id, &req.boot_id, via_env.as_deref())
                 .await;
             let host = request_host(&headers, &uri).unwrap_or_else(|| "localhost".into());
@@ -141,6 +147,11 @@ async fn enroll(
         EnrollOutcome::Quarantined { id, reason } => {
             metrics::counter!("anneal_enrollments_total", "result" => "quarantined").increment(1);
             tracing::warn!(quarantine_id = %id, %reason, "enrollment quarantined");
+            app.events.emit(Event {
+                hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
+                reason: Some(format!("{reason} (quarantine entry {id})")),
+                ..Event::of(EventKind::MachineQuarantined)
+            });
             Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "quarantined",

@@ -6,12 +6,14 @@
 
 use anneal_shared::api::{MachineState, MachineSummary, RuleOutcome, RuleResult};
 use anneal_shared::content::Rule;
+use anneal_shared::events::{Event, EventKind};
 use anneal_shared::MachineId;
 use time::OffsetDateTime;
 
 use super::guard::{self, Checked, Source};
 use super::selector::Selector;
 use crate::app::App;
+use crate::audit::{self, Change};
 use crate::content::ContentSet;
 use crate::workflow::service::{current_content, WorkflowError};
 
@@ -37,6 +39,13 @@ pub async fn machine_ready(app: &App, machine: MachineId) {
             metrics::counter!("anneal_rule_outcomes_total", "result" => format!("{:?}", o.result))
                 .increment(1);
             tracing::info!(machine_id = %machine, rule = ?o.rule, workflow = ?o.workflow, result = ?o.result, reason = ?o.reason, "rules asked for a new machine");
+            let result = serde_json::to_value(o.result).ok();
+            app.events.emit(Event {
+                state: result.and_then(|v| v.as_str().map(String::from)),
+                workflow: o.workflow.clone(),
+                reason: o.reason.clone().or(o.rule.clone()),
+                ..Event::of(EventKind::RuleFired).machine(machine)
+            });
         }
         Ok(None) => {}
         Err(e) => tracing::error!(machine_id = %machine, error = %e, "asking the rules failed"),
@@ -75,15 +84,20 @@ async fn fire(app: &App, machine: MachineId) -> Result<Option<RuleOutcome>, Work
         return Ok(Some(outcome));
     };
     let assigned = match Checked::resolve(app, &rule.workflow).await {
-        Ok(checked) => guard::assign(app, machine, &checked, Source::Rule(&rule.name))
-            .await
-            .map(|_| ()),
+        Ok(checked) => guard::assign(app, machine, &checked, Source::Rule(&rule.name)).await,
         Err(e) => Err(e.into()),
     };
-    if let Err(e) = assigned {
-        outcome.result = RuleResult::Refused;
-        outcome.reason = Some(e.to_string());
-        app.store.update_rule(machine, &outcome).await?;
+    match assigned {
+        Ok(run) => {
+            let after = serde_json::json!({"workflow": rule.workflow, "run": run.id});
+            let change = Change::machine("workflow.assign", machine).after(&after);
+            audit::record_by_rule(app, &rule.name, change).await;
+        }
+        Err(e) => {
+            outcome.result = RuleResult::Refused;
+            outcome.reason = Some(e.to_string());
+            app.store.update_rule(machine, &outcome).await?;
+        }
     }
     Ok(Some(outcome))
 }

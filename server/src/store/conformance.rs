@@ -46,6 +46,7 @@ where
     fleet::a_claim_is_taken_once(make().await).await;
     fleet::rules_are_recorded_once(make().await).await;
     fleet::new_tokens_mark_only_machines_they_create(make().await).await;
+    super::conformance_audit::audit_entries_are_kept_listed_and_filtered(make().await).await;
 }
 
 fn now() -> OffsetDateTime {

@@ -5,13 +5,16 @@
 //! compare-and-set: a conditional update whose affected-row count says who won, never a plain
 //! read-modify-write. `conformance` holds the suite every engine must pass.
 
+pub mod audit;
 pub mod boot;
 pub mod conformance;
+mod conformance_audit;
 mod conformance_fleet;
 mod conformance_workflow;
 pub mod fleet;
 pub mod leases;
 mod sqlite;
+mod sqlite_audit;
 mod sqlite_boot;
 mod sqlite_fleet;
 mod sqlite_leases;
@@ -30,6 +33,7 @@ use time::OffsetDateTime;
 
 use crate::identity::Evidence;
 
+pub use audit::{AuditQuery, AuditStore};
 pub use boot::{BootMachine, BootStore};
 pub use fleet::{FleetRecord, FleetStore};
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRecord, LeaseState, LeaseStore};
@@ -285,9 +289,11 @@ pub enum Cas {
 
 /// The engine-neutral persistence interface. Concerns with their own tables add their methods
 /// as supertraits, each in its own file (`boot.rs`: [`BootStore`], `workflow.rs`:
-/// [`WorkflowStore`], `fleet.rs`: [`FleetStore`]).
+/// [`WorkflowStore`], `fleet.rs`: [`FleetStore`], `audit.rs`: [`AuditStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + BootStore + WorkflowStore + FleetStore + Send + Sync {
+pub trait Store:
+    LeaseStore + BootStore + WorkflowStore + FleetStore + AuditStore + Send + Sync
+{
     /// Engine name for logs and `/healthz` (`sqlite`, `postgres`).
     fn engine(&self) -> &'static str;
 

@@ -124,7 +124,7 @@ fn state_from_str(s: &str) -> MachineState {
     }
 }
 
-fn role_to_str(r: Role) -> &'static str {
+pub(super) fn role_to_str(r: Role) -> &'static str {
     match r {
         Role::Admin => "admin",
         Role::Operator => "operator",
@@ -133,7 +133,7 @@ fn role_to_str(r: Role) -> &'static str {
     }
 }
 
-fn role_from_str(s: &str) -> Role {
+pub(super) fn role_from_str(s: &str) -> Role {
     match s {
         "admin" => Role::Admin,
         "operator" => Role::Operator,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anneal_shared::events::{Event as ServerEvent, EventKind};
 use anneal_shared::protocol::{Job, JobWork, NextAction};
 use anneal_shared::MachineId;
 use time::OffsetDateTime;
@@ -89,11 +90,20 @@ async fn apply(
 ) -> Result<Option<Stepped>, WorkflowError> {
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::store::to_ms(now);
-    let f = |run: &mut Run, plan: &Plan| step_at(run, plan, event.clone(), now_ms);
+    // Where the run stood before the step: the attempt it starts or ends belongs there.
+    let before = std::sync::Mutex::new((0, 0));
+    let f = |run: &mut Run, plan: &Plan| {
+        *before.lock().expect("step position") = (run.stage, run.task);
+        step_at(run, plan, event.clone(), now_ms)
+    };
     match app.store.step_run(machine, &f, report, now).await? {
         None => Ok(None),
         Some(Ok(stepped)) => {
             log_step(&stepped);
+            let before = *before.lock().expect("step position");
+            for e in super::events::of_step(&stepped, before) {
+                app.events.emit(e);
+            }
             Ok(Some(stepped))
         }
         Some(Err(e)) => Err(e.into()),
@@ -165,6 +175,9 @@ pub async fn assign_plan(
         .await?
         .ok_or(WorkflowError::NoMachine(machine))?;
     metrics::counter!("anneal_workflow_runs_total").increment(1);
+    for e in super::events::of_assignment(&stepped) {
+        app.events.emit(e);
+    }
     tracing::info!(machine_id = %machine, run = %stepped.record.id, workflow = %workflow, content_version, phase = stepped.record.run.phase.name(), "workflow assigned");
     Ok(stepped.record)
 }
@@ -172,6 +185,10 @@ pub async fn assign_plan(
 /// The boot service served `env`'s script to the machine: it is booting again, so its last
 /// enrollment no longer says where it runs.
 pub async fn script_served(app: &App, machine: MachineId, env: &str) {
+    app.events.emit(ServerEvent {
+        boot_env: Some(env.to_string()),
+        ..ServerEvent::of(EventKind::ScriptServed).machine(machine)
+    });
     if let Err(e) = app.store.forget_boot(machine).await {
         tracing::error!(machine_id = %machine, error = %e, "forgetting the machine's last boot failed");
     }
