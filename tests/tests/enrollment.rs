@@ -380,3 +380,45 @@ async fn the_runner_enrolls_a_captured_machine_and_a_reboot_keeps_its_record() {
     assert_eq!(list[0]["product"], "Blade Server B");
     server.stop().await;
 }
+
+/// An enrollment whose answer never reached the agent: the agent retries from the same boot
+/// with the same single-use token and is answered again — the same machine, a new
+/// certificate, no same-boot alert — while the certificate of the lost answer stops working.
+/// The used-up token enrolls nothing else: not another boot, not another machine.
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_is_answered_and_the_lost_certificate_revoked() {
+    let server = TestServer::start().await;
+    let token = server.bootstrap_token(1).await;
+    let enroller = server.enroller(Clock::system());
+    let lost = (enroller.enroll(&token, hints(8), "boot-x", "h").await).expect("first answer");
+    let retry = (enroller.enroll(&token, hints(8), "boot-x", "h").await).expect("the retry");
+    assert_eq!(retry.machine_id, lost.machine_id);
+    retry
+        .heartbeat("up")
+        .await
+        .expect("the new certificate works");
+    let err = lost
+        .heartbeat("up")
+        .await
+        .expect_err("the lost one is revoked");
+    assert!(
+        matches!(&err, ClientError::Unauthorized(d) if d.contains("revoked")),
+        "{err}"
+    );
+    let own = retry.own_record().await.expect("record");
+    assert!(
+        own.alerts.is_empty(),
+        "a replay raises no alert: {:?}",
+        own.alerts
+    );
+    for (n, boot) in [(8, "boot-y"), (9, "boot-x")] {
+        let refused = enroller.enroll(&token, hints(n), boot, "h").await;
+        assert!(
+            matches!(&refused, Err(ClientError::TokenRefused(d)) if d.contains("no uses left")),
+            "machine {n} from {boot}: {:?}",
+            refused.err()
+        );
+    }
+    assert_eq!(machines(&server).await.len(), 1);
+    server.stop().await;
+}

@@ -197,3 +197,105 @@ async fn killing_the_server_mid_workflow_loses_no_job_and_runs_none_twice() {
     }
     assert_eq!(server.starts, 3);
 }
+
+/// `anneal watch` follows the server across a `kill -9`: it reconnects by itself with its
+/// `Last-Event-ID`, which the new server process does not hold, so it shows a `reset` (never
+/// silently skipped events) and then the new server's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_across_a_kill9_and_says_reset() {
+    use std::io::BufRead;
+    let mut server = ServerProcess::start(&[]).expect("anneal serve");
+    let token = |s: &ServerProcess, description: &'static str| {
+        let (http, url, admin) = (s.http(), s.api_url.clone(), s.admin_token.clone());
+        async move {
+            let res = (http.post(format!("{url}/api/v1/tokens")))
+                .bearer_auth(admin)
+                .json(&json!({ "description": description }))
+                .send()
+                .await
+                .expect("create token");
+            assert_eq!(res.status(), 201);
+        }
+    };
+    let mut watch = std::process::Command::new(anneal_tests::rack::binaries::anneal().unwrap())
+        .args(["watch", "-o", "json"])
+        .env("ANNEAL_SERVER", &server.api_url)
+        .env("ANNEAL_DATA_DIR", server.dir().join("data"))
+        .env_remove("ANNEAL_TOKEN")
+        .env_remove("ANNEAL_CA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("anneal watch");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = watch.stdout.take().unwrap();
+    let mut stderr = watch.stderr.take().unwrap();
+    let notices = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(serde_json::from_str(&line).expect("one JSON event per line"));
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("anneal watch printed no {what}"))
+    };
+
+    // Once watch is connected (an event the server emits after our first token), kill -9.
+    let mut first = None;
+    for _ in 0..50 {
+        token(&server, "before").await;
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(200)) {
+            first = Some(e);
+            break;
+        }
+    }
+    let first = first.expect("watch saw the first token");
+    assert_eq!(first["kind"], "token_created");
+    // Tokens made before watch connected may still be on their way.
+    while let Ok(e) = rx.recv_timeout(Duration::from_millis(500)) {
+        assert_eq!(e["kind"], "token_created", "{e}");
+    }
+    server.kill9().expect("kill -9");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().expect("restart");
+    let reset = next("reset");
+    assert_eq!(reset["kind"], "reset", "{reset}");
+    let epoch = |e: &serde_json::Value| {
+        e["id"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(epoch(&reset), epoch(&first), "the new process's ids");
+    token(&server, "after").await;
+    let after = next("event after the restart");
+    assert_eq!(after["kind"], "token_created", "{after}");
+    assert_eq!(epoch(&after), epoch(&reset));
+
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "watch is still following"
+    );
+    watch.kill().expect("stop watch");
+    watch.wait().expect("reap watch");
+    let stderr = notices.join().expect("stderr");
+    assert!(
+        stderr.contains("reconnecting from"),
+        "says it reconnects: {stderr}"
+    );
+    assert!(
+        stderr.contains("events were missed"),
+        "says events may be missing: {stderr}"
+    );
+}

@@ -116,9 +116,14 @@ async fn enroll(
             state,
             cert,
             same_boot,
+            replayed,
             via_env,
         } => {
-            let result = if created { "created" } else { "recognised" };
+            let result = match (created, replayed) {
+                (_, true) => "replayed",
+                (true, false) => "created",
+                (false, false) => "recognised",
+            };
             metrics::counter!("anneal_enrollments_total", "result" => result).increment(1);
             tracing::info!(%machine_id, result, state = state.as_str(), boot_id = %req.boot_id, "machine enrolled");
             if same_boot {

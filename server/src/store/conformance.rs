@@ -28,6 +28,7 @@ where
     refused_tokens_change_nothing(make().await).await;
     quarantine_keeps_the_token_and_both_records(make().await).await;
     reenrollment_in_the_same_boot_raises_an_alert(make().await).await;
+    a_lost_answer_is_replayed_to_the_same_boot_only(make().await).await;
     revocation_and_certs(make().await).await;
     heartbeats_and_inventory(make().await).await;
     leases_offer_bind_release_decline(make().await).await;
@@ -357,6 +358,78 @@ pub async fn reenrollment_in_the_same_boot_raises_an_alert(store: Arc<dyn Store>
     assert_eq!(m.alerts.len(), 1);
     assert_eq!(m.alerts[0].kind, "reenroll_same_boot");
     assert_eq!(m.boot_id.as_deref(), Some("boot-b"));
+}
+
+/// A retry of a single-use token's enrollment from the same boot (its answer was lost) is
+/// answered again: same machine, a new certificate, the lost one revoked, no alert. Another
+/// boot, another machine, or a token with uses left is treated as before.
+pub async fn a_lost_answer_is_replayed_to_the_same_boot_only(store: Arc<dyn Store>) {
+    add_token(&store, "once", 1, Duration::hours(1), None).await;
+    let EnrollOutcome::Enrolled {
+        machine_id,
+        cert: lost,
+        replayed: false,
+        ..
+    } = enroll(&store, &input("once", hints(31), "boot-a")).await
+    else {
+        panic!("enroll")
+    };
+    let EnrollOutcome::Enrolled {
+        machine_id: again,
+        cert,
+        replayed,
+        same_boot,
+        created,
+        ..
+    } = enroll(&store, &input("once", hints(31), "boot-a")).await
+    else {
+        panic!("the retry is answered")
+    };
+    assert!(replayed && !same_boot && !created);
+    assert_eq!(again, machine_id);
+    assert_ne!(cert.serial, lost.serial);
+    let lost = store.get_cert(&lost.serial).await.unwrap().expect("cert");
+    assert!(
+        lost.revoked_at.is_some(),
+        "the lost answer's certificate is revoked"
+    );
+    let kept = store.get_cert(&cert.serial).await.unwrap().expect("cert");
+    assert!(kept.revoked_at.is_none());
+    // Replays chain: a second lost answer is answered too, revoking the one before.
+    let EnrollOutcome::Enrolled { cert: third, .. } =
+        enroll(&store, &input("once", hints(31), "boot-a")).await
+    else {
+        panic!("a second retry is answered")
+    };
+    let second = store.get_cert(&cert.serial).await.unwrap().expect("cert");
+    assert!(second.revoked_at.is_some());
+    assert_ne!(third.serial, cert.serial);
+    let m = store
+        .get_machine(machine_id)
+        .await
+        .unwrap()
+        .expect("machine");
+    assert!(
+        m.alerts.is_empty(),
+        "a replay is no same-boot re-enrollment"
+    );
+    assert_eq!(m.boot_id.as_deref(), Some("boot-a"));
+
+    // Not for another boot of the machine, nor for another machine from that boot id.
+    for (h, boot) in [(hints(31), "boot-b"), (hints(32), "boot-a")] {
+        assert!(matches!(
+            enroll(&store, &input("once", h, boot)).await,
+            EnrollOutcome::TokenRefused(TokenRefusal::UsedUp)
+        ));
+    }
+    // Nor long after: the window is ten minutes.
+    let mut late = input("once", hints(31), "boot-a");
+    late.now += Duration::minutes(11);
+    assert!(matches!(
+        enroll(&store, &late).await,
+        EnrollOutcome::TokenRefused(TokenRefusal::UsedUp)
+    ));
+    assert_eq!(store.list_machines().await.unwrap().len(), 1);
 }
 
 /// Certificates are tracked per serial and revoked per machine.

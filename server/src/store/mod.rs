@@ -221,6 +221,9 @@ pub enum EnrollOutcome {
         cert: SignedCert,
         /// It had already enrolled with this kernel boot id (an alert was recorded).
         same_boot: bool,
+        /// A retry of the token's last enrollment from the same boot (its answer was lost):
+        /// answered again with a fresh certificate, the earlier one revoked, no use consumed.
+        replayed: bool,
         /// The boot environment whose script minted the token it used (see
         /// `workflow::run::Event::Enrolled`).
         via_env: Option<String>,

@@ -150,6 +150,36 @@ fn opt_ms(v: Option<i64>) -> StoreResult<Option<OffsetDateTime>> {
     v.map(from_ms).transpose()
 }
 
+/// How long after a token's last enrollment a retry from the same boot is answered again.
+const REPLAY_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// The machine and certificate serial of `token_hash`'s last enrollment, if it was made from
+/// `boot_id` within [`REPLAY_WINDOW_MS`] of `now`.
+async fn last_use(
+    tx: &mut sqlx::SqliteConnection,
+    token_hash: &str,
+    boot_id: &str,
+    now: i64,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    let row = sqlx::query(
+        "SELECT last_machine_id, last_cert_serial FROM bootstrap_tokens \
+         WHERE hash = ? AND last_boot_id = ? AND last_used_at > ? AND last_machine_id IS NOT NULL",
+    )
+    .bind(token_hash)
+    .bind(boot_id)
+    .bind(now - REPLAY_WINDOW_MS)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        Ok((
+            r.try_get("last_machine_id").map_err(db)?,
+            r.try_get("last_cert_serial").map_err(db)?,
+        ))
+    })
+    .transpose()
+}
+
 fn bootstrap_from_row(r: &SqliteRow) -> StoreResult<BootstrapTokenRecord> {
     Ok(BootstrapTokenRecord {
         id: r.try_get("id").map_err(db)?,
@@ -335,9 +365,16 @@ impl Store for SqliteStore {
         if to_ms(token.expires_at) <= now {
             return Ok(EnrollOutcome::TokenRefused(TokenRefusal::Expired));
         }
-        if token.uses_left == 0 {
-            return Ok(EnrollOutcome::TokenRefused(TokenRefusal::UsedUp));
-        }
+        // A used-up token still answers a retry of its last enrollment (same boot, same
+        // machine, soon after): the agent never got the first answer.
+        let replay_of = if token.uses_left == 0 {
+            match last_use(&mut tx, &input.token_hash, &input.boot_id, now).await? {
+                Some(last) => Some(last),
+                None => return Ok(EnrollOutcome::TokenRefused(TokenRefusal::UsedUp)),
+            }
+        } else {
+            None
+        };
         if let Some(mac) = &token.mac {
             if !input.macs.iter().any(|m| m == mac) {
                 return Ok(EnrollOutcome::TokenRefused(TokenRefusal::WrongMac));
@@ -393,6 +430,12 @@ impl Store for SqliteStore {
 
         // 3. Decide, and remember values found to be shared so they never identify again.
         let outcome = identity::decide(&input.evidence, &candidates, &shared);
+        if let Some((machine, _)) = &replay_of {
+            if !matches!(&outcome.decision, Decision::Match(id) if id.to_string() == *machine) {
+                return Ok(EnrollOutcome::TokenRefused(TokenRefusal::UsedUp));
+            }
+        }
+        let replayed = replay_of.is_some();
         // Boot (store/sqlite_boot.rs): a token minted for a known machine enrolls only that
         // machine. Returning here drops the transaction, so nothing is written.
         if let Some(bound) = super::sqlite_boot::token_machine(&mut tx, &input.token_hash).await? {
@@ -494,7 +537,7 @@ impl Store for SqliteStore {
                     .map_err(db)?;
                 let state = state_from_str(&row.try_get::<String, _>("state").map_err(db)?);
                 let old_boot: Option<String> = row.try_get("boot_id").map_err(db)?;
-                let same_boot = old_boot.as_deref() == Some(input.boot_id.as_str());
+                let same_boot = !replayed && old_boot.as_deref() == Some(input.boot_id.as_str());
                 sqlx::query(
                     "UPDATE machines SET hostname = COALESCE(?, hostname), identity = ?, \
                      boot_id = ?, enrollments = enrollments + 1, last_seen = ?, \
@@ -548,23 +591,50 @@ impl Store for SqliteStore {
         super::sqlite_boot::after_enroll(&mut tx, machine_id, &input.macs).await?;
 
         // 5. Consume one use of the token: a conditional update, so concurrent enrollments
-        //    can never use a token more often than it allows.
-        let used = sqlx::query(
-            "UPDATE bootstrap_tokens SET uses_left = uses_left - 1 \
-             WHERE hash = ? AND uses_left > 0 AND expires_at > ?",
+        //    can never use a token more often than it allows. A replay consumes nothing; the
+        //    certificate its lost answer carried is revoked instead.
+        if let Some((_, lost_serial)) = &replay_of {
+            if let Some(serial) = lost_serial {
+                sqlx::query(
+                    "UPDATE certs SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(serial)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+        } else {
+            let used = sqlx::query(
+                "UPDATE bootstrap_tokens SET uses_left = uses_left - 1 \
+                 WHERE hash = ? AND uses_left > 0 AND expires_at > ?",
+            )
+            .bind(&input.token_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            if used.rows_affected() != 1 {
+                tx.rollback().await.map_err(db)?;
+                return Ok(EnrollOutcome::TokenRefused(TokenRefusal::UsedUp));
+            }
+        }
+
+        // 6. The certificate, recorded for revocation checks, and remembered as this token's
+        //    last enrollment.
+        let cert = sign(machine_id).map_err(StoreError::Signing)?;
+        sqlx::query(
+            "UPDATE bootstrap_tokens SET last_boot_id = ?, last_machine_id = ?, \
+             last_cert_serial = ?, last_used_at = ? WHERE hash = ?",
         )
-        .bind(&input.token_hash)
+        .bind(&input.boot_id)
+        .bind(machine_id.to_string())
+        .bind(&cert.serial)
         .bind(now)
+        .bind(&input.token_hash)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        if used.rows_affected() != 1 {
-            tx.rollback().await.map_err(db)?;
-            return Ok(EnrollOutcome::TokenRefused(TokenRefusal::UsedUp));
-        }
-
-        // 6. The certificate, recorded for revocation checks.
-        let cert = sign(machine_id).map_err(StoreError::Signing)?;
         sqlx::query("INSERT INTO certs (serial, machine_id, not_after) VALUES (?, ?, ?)")
             .bind(&cert.serial)
             .bind(machine_id.to_string())
@@ -593,6 +663,7 @@ impl Store for SqliteStore {
             state,
             cert,
             same_boot,
+            replayed,
             via_env,
         })
     }
