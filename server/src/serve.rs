@@ -162,7 +162,12 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let agent_cfg = Arc::new(crate::agent_api::tls_config(&app, &prepared.server_cert)?);
 
     let shutdown = CancellationToken::new();
-    let dhcp = crate::dhcp::start(&app.config.dhcp, app.store.clone(), shutdown.clone())?;
+    let dhcp = crate::dhcp::start(
+        &app.config.dhcp,
+        app.store.clone(),
+        app.events.clone(),
+        shutdown.clone(),
+    )?;
     if app.config.dhcp.enabled() && tftp_addr.is_none() {
         // Not an error: another host may serve TFTP (`next_server`), or every client may be
         // iPXE or HTTP boot already. But the usual set-up needs it, and a silent PXE-E32

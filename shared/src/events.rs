@@ -32,6 +32,12 @@ pub enum EventKind {
     /// The rules were asked about a newly ready machine (`state`: assigned, refused, no_match,
     /// skipped; `reason`: the rule, or why it was refused).
     RuleFired,
+    /// The DHCP server bound (or renewed) a lease: `mac`, `address`.
+    LeaseBound,
+    /// A client released its lease.
+    LeaseReleased,
+    /// A client declined its address (in use on the wire): it is held out of use a while.
+    LeaseDeclined,
     /// A bootstrap token was created.
     TokenCreated,
     /// Workflow content was applied as a new version.
@@ -61,7 +67,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind a server emits, for help texts and filters.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::MachineEnrolled,
         EventKind::MachineQuarantined,
         EventKind::InventoryStored,
@@ -72,6 +78,9 @@ impl EventKind {
         EventKind::MachineUpdated,
         EventKind::MachineClaimed,
         EventKind::RuleFired,
+        EventKind::LeaseBound,
+        EventKind::LeaseReleased,
+        EventKind::LeaseDeclined,
         EventKind::TokenCreated,
         EventKind::ContentApplied,
         EventKind::RunAssigned,
@@ -97,6 +106,9 @@ impl EventKind {
             EventKind::MachineUpdated => "machine_updated",
             EventKind::MachineClaimed => "machine_claimed",
             EventKind::RuleFired => "rule_fired",
+            EventKind::LeaseBound => "lease_bound",
+            EventKind::LeaseReleased => "lease_released",
+            EventKind::LeaseDeclined => "lease_declined",
             EventKind::TokenCreated => "token_created",
             EventKind::ContentApplied => "content_applied",
             EventKind::RunAssigned => "run_assigned",
@@ -166,6 +178,12 @@ pub struct Event {
     /// Why (a failure, a reset), or what (a token's id, a content version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A DHCP client's MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// An IPv4 address (a lease's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Default for Event {
@@ -189,6 +207,8 @@ impl Default for Event {
             state: None,
             boot_env: None,
             reason: None,
+            mac: None,
+            address: None,
         }
     }
 }

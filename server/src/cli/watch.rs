@@ -165,6 +165,8 @@ pub fn line(e: &Event) -> String {
         ("phase", e.phase.clone()),
         ("state", e.state.clone()),
         ("env", e.boot_env.clone()),
+        ("mac", e.mac.clone()),
+        ("address", e.address.clone()),
         ("reason", e.reason.clone()),
     ];
     for (name, value) in fields {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{DhcpConfig, DhcpFile};
 use pipeline::{Ctx, Dest, Outcome, CLIENT_PORT, SERVER_PORT};
 
+use crate::events::EventBus;
 use crate::store::Store;
 
 /// How long interface addresses are cached.
@@ -54,15 +55,17 @@ impl Default for Ports {
 pub fn start(
     cfg: &DhcpConfig,
     store: Arc<dyn Store>,
+    events: Arc<EventBus>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
-    start_on_ports(cfg, store, shutdown, Ports::default())
+    start_on_ports(cfg, store, events, shutdown, Ports::default())
 }
 
 /// [`start`] on other ports (tests).
 pub fn start_on_ports(
     cfg: &DhcpConfig,
     store: Arc<dyn Store>,
+    events: Arc<EventBus>,
     shutdown: CancellationToken,
     ports: Ports,
 ) -> Result<JoinHandle<()>> {
@@ -85,7 +88,7 @@ pub fn start_on_ports(
     let cfg = Arc::new(cfg.clone());
     let mut tasks = Vec::new();
     if !sockets.is_empty() {
-        let leases = writer::spawn(store);
+        let leases = writer::spawn(store, events);
         for (iface, sock) in sockets {
             tracing::info!(interface = %iface, port = ports.dhcp, "DHCP answering (full mode)");
             tasks.push(tokio::spawn(serve_interface(
