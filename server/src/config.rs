@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Seconds between agent heartbeats [default: 10].
     #[arg(long, env = "ANNEAL_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u32>,
+    /// Days a finished job's log is kept; 0 keeps logs forever [default: 90].
+    #[arg(long, env = "ANNEAL_LOG_RETENTION_DAYS")]
+    pub log_retention_days: Option<u32>,
     /// Answer DHCP on these interfaces, comma-separated (subnets: `[[dhcp.subnets]]` in the
     /// file) [default: none — DHCP is off].
     #[arg(long, env = "ANNEAL_DHCP_INTERFACE", value_delimiter = ',')]
@@ -86,6 +89,7 @@ struct FileConfig {
     require_approval: Option<bool>,
     client_cert_secs: Option<u64>,
     heartbeat_secs: Option<u32>,
+    log_retention_days: Option<u32>,
     dhcp: Option<crate::dhcp::DhcpFile>,
     http_listen: Option<SocketAddr>,
     discovery_dir: Option<PathBuf>,
@@ -115,6 +119,8 @@ pub struct Config {
     pub client_cert_secs: u64,
     /// Heartbeat interval told to agents.
     pub heartbeat_secs: u32,
+    /// Days finished jobs' logs are kept (0: forever).
+    pub log_retention_days: u32,
     /// DHCP (off unless an interface or subnet is configured).
     pub dhcp: crate::dhcp::DhcpConfig,
     /// Plain HTTP listener for iPXE.
@@ -185,6 +191,10 @@ impl Config {
                 .or(file.heartbeat_secs)
                 .unwrap_or(10)
                 .max(1),
+            log_retention_days: args
+                .log_retention_days
+                .or(file.log_retention_days)
+                .unwrap_or(90),
             http_listen: args
                 .http_listen
                 .or(file.http_listen)

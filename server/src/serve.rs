@@ -205,6 +205,10 @@ pub async fn start(mut config: Config) -> Result<Running> {
         app.clone(),
         shutdown.clone(),
     ));
+    let retention = tokio::spawn(crate::workflow::retention::run(
+        app.clone(),
+        shutdown.clone(),
+    ));
     // Event streams never end by themselves: end them so the API listener can drain.
     let events = app.events.clone();
     let closer = shutdown.clone();
@@ -215,6 +219,7 @@ pub async fn start(mut config: Config) -> Result<Running> {
     let done = tokio::spawn(async move {
         let _ = events_closed.await;
         let _ = ticker.await;
+        let _ = retention.await;
         let _ = api.await;
         let _ = agent.await;
         let _ = dhcp.await;

@@ -276,6 +276,14 @@ pub struct JobAttempt {
     pub finished_at: Option<OffsetDateTime>,
     /// Bytes of log stored (`GET /api/v1/jobs/{id}/log`).
     pub log_bytes: u64,
+    /// When log retention deleted the log (`log_bytes` says how long it was).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub log_pruned_at: Option<OffsetDateTime>,
 }
 
 /// A machine's own params and profiles, and every value its tasks would be rendered with now.

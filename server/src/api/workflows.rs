@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anneal_shared::api::{AssignWorkflow, JobAttempt, Problem, Role, WorkflowRun};
 use anneal_shared::MachineId;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -62,6 +62,7 @@ pub fn attempt_view(a: AttemptRecord) -> JobAttempt {
         started_at: a.started_at,
         finished_at: a.finished_at,
         log_bytes: a.log_len,
+        log_pruned_at: a.log_pruned_at,
     }
 }
 
@@ -173,7 +174,7 @@ pub struct LogQuery {
 /// a follower asks again from `offset + bytes received`.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = "workflows",
     params(("id" = uuid::Uuid, Path, description = "attempt id"), LogQuery),
-    responses((status = 200, description = "log bytes", content_type = "application/octet-stream"), (status = 404, body = Problem)),
+    responses((status = 200, description = "log bytes", content_type = "application/octet-stream"), (status = 404, body = Problem), (status = 410, description = "the log was deleted by log retention", body = Problem)),
     security(("bearer" = [])))]
 pub async fn log(
     State(app): State<Arc<App>>,
@@ -181,6 +182,23 @@ pub async fn log(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let max = q.max.unwrap_or(1 << 20).clamp(1, 1 << 20);
+    if let Some(at) = app
+        .store
+        .get_attempt(id)
+        .await?
+        .and_then(|a| a.log_pruned_at)
+    {
+        let at = at.format(&time::format_description::well_known::Rfc3339);
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "log-pruned",
+            format!(
+                "the log of job attempt {id} was deleted at {} by log retention ({} days)",
+                at.unwrap_or_default(),
+                app.config.log_retention_days
+            ),
+        ));
+    }
     let (bytes, len) = app
         .store
         .read_log(id, q.offset.unwrap_or(0), max)

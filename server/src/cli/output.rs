@@ -473,7 +473,10 @@ pub fn jobs(list: &[JobAttempt], f: Format) -> Result<()> {
                     j.task.clone(),
                     j.state.clone(),
                     dash(j.exit_code.as_ref()),
-                    bytes(j.log_bytes),
+                    match j.log_pruned_at {
+                        Some(_) => format!("{} (pruned)", bytes(j.log_bytes)),
+                        None => bytes(j.log_bytes),
+                    },
                     ago(Some(j.created_at)),
                     dash(j.reason.as_ref()),
                 ]

@@ -42,6 +42,7 @@ where
     wf::concurrent_asks_hand_out_one_attempt(make().await).await;
     wf::log_chunks_never_lose_or_repeat_a_byte(make().await).await;
     wf::machine_params_compare_and_set(make().await).await;
+    wf::logs_past_retention_are_pruned(make().await).await;
     use super::conformance_fleet as fleet;
     fleet::labels_change_by_compare_and_set(make().await).await;
     fleet::a_claim_is_taken_once(make().await).await;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anneal_shared::content::{BootEnv, ContentObject, Kind, StageEnd, Task};
+use anneal_shared::MachineId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ use super::workflow::{ApplyAction, AttemptState, LogAppend, MachineParams};
 use super::Cas;
 use super::Store;
 use crate::workflow::plan::{Plan, PlanStage};
-use crate::workflow::run::{start_at, step_at, Answer, Event, Run};
+use crate::workflow::run::{start_at, step_at, Answer, AttemptId, Event, Run};
 
 fn env(name: &str, agent: bool) -> ContentObject {
     ContentObject::BootEnv(BootEnv {
@@ -139,25 +140,33 @@ pub async fn concurrent_asks_hand_out_one_attempt(store: Arc<dyn Store>) {
     assert!(!brief(store.clone()).await, "a cancelled run is not");
 }
 
-/// Log chunks are taken at the end or as identical overlaps, never with a gap or a change.
-pub async fn log_chunks_never_lose_or_repeat_a_byte(store: Arc<dyn Store>) {
-    let machine = super::conformance::enrolled_machine(&store, 62).await;
-    let plan = one_task_plan();
+/// A new machine (`n`) given the one-task plan, and the attempt its first ask was handed.
+async fn handed_out_attempt(
+    store: &Arc<dyn Store>,
+    n: u32,
+    now: OffsetDateTime,
+) -> (MachineId, AttemptId) {
+    let machine = super::conformance::enrolled_machine(store, n).await;
     let make = |p: &Plan| {
         let (mut run, _) = start_at(p, Some(("b", "discovery")), 0);
         let out = step_at(&mut run, p, Event::Ask { boot_id: "b" }, 0).unwrap();
         (run, out)
     };
     let cancel = |_: &mut Run, _: &Plan| Ok(Default::default());
-    let started = store
-        .start_run(machine, &plan, &make, &cancel, OffsetDateTime::now_utc())
-        .await
+    let started = (store
+        .start_run(machine, &one_task_plan(), &make, &cancel, now)
+        .await)
         .unwrap()
         .unwrap();
     let Some(Answer::Job { attempt, .. }) = started.outcome.answer else {
         panic!("{:?}", started.outcome)
     };
-    let a = attempt;
+    (machine, attempt)
+}
+
+/// Log chunks are taken at the end or as identical overlaps, never with a gap or a change.
+pub async fn log_chunks_never_lose_or_repeat_a_byte(store: Arc<dyn Store>) {
+    let (_, a) = handed_out_attempt(&store, 62, OffsetDateTime::now_utc()).await;
     assert_eq!(
         store.append_log(a, 0, b"abc").await.unwrap(),
         Some(LogAppend::Appended(3))
@@ -197,6 +206,42 @@ pub async fn log_chunks_never_lose_or_repeat_a_byte(store: Arc<dyn Store>) {
     );
     assert_eq!(store.read_log(a, 99, 3).await.unwrap(), Some((vec![], 6)));
     assert_eq!(store.get_attempt(a).await.unwrap().unwrap().log_len, 6);
+}
+
+/// Retention deletes the logs of attempts that ended before the cutoff, and only those: not a
+/// running attempt's, not one that ended after it; the attempt keeps its length and says when.
+pub async fn logs_past_retention_are_pruned(store: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    let (machine, a) = handed_out_attempt(&store, 63, now).await;
+    store.append_log(a, 0, b"hello").await.unwrap();
+    let day = time::Duration::days(1);
+    let none = super::workflow::PrunedLogs::default();
+    assert_eq!(
+        store.prune_logs(now + day, now, 10).await.unwrap(),
+        none,
+        "running"
+    );
+    let end = |r: &mut Run, p: &Plan| step_at(r, p, Event::Cancel, 1);
+    (store.step_run(machine, &end, None, now).await)
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.prune_logs(now - day, now, 10).await.unwrap(),
+        none,
+        "too recent"
+    );
+    let pruned = store.prune_logs(now + day, now, 10).await.unwrap();
+    assert_eq!((pruned.attempts, pruned.bytes), (1, 5));
+    let after = store.get_attempt(a).await.unwrap().unwrap();
+    assert_eq!(after.log_len, 5);
+    assert!(after.log_pruned_at.is_some());
+    assert_eq!(store.read_log(a, 0, 100).await.unwrap(), Some((vec![], 5)));
+    assert_eq!(
+        store.prune_logs(now + day, now, 10).await.unwrap(),
+        none,
+        "once"
+    );
 }
 
 /// A machine's params start empty; each change compare-and-sets on the version, so of two

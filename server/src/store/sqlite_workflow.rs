@@ -66,6 +66,7 @@ fn attempt_from_row(r: &SqliteRow) -> StoreResult<AttemptRecord> {
         started_at: ms("started_at")?,
         finished_at: ms("finished_at")?,
         log_len: r.try_get::<i64, _>("log_len").map_err(db)? as u64,
+        log_pruned_at: ms("log_pruned_at")?,
     })
 }
 
@@ -579,6 +580,43 @@ impl WorkflowStore for SqliteStore {
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Some(LogAppend::Appended(end)))
+    }
+
+    async fn prune_logs(
+        &self,
+        ended_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<PrunedLogs> {
+        let mut tx = self.writer().begin().await.map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT id, log_len FROM attempts WHERE log_pruned_at IS NULL AND log_len > 0 \
+             AND finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?",
+        )
+        .bind(to_ms(ended_before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut pruned = PrunedLogs::default();
+        for r in &rows {
+            let id: String = r.try_get("id").map_err(db)?;
+            sqlx::query("DELETE FROM attempt_logs WHERE attempt_id = ?")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("UPDATE attempts SET log_pruned_at = ? WHERE id = ?")
+                .bind(to_ms(now))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            pruned.attempts += 1;
+            pruned.bytes += r.try_get::<i64, _>("log_len").map_err(db)? as u64;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(pruned)
     }
 
     async fn read_log(

@@ -125,6 +125,17 @@ pub struct AttemptRecord {
     pub finished_at: Option<OffsetDateTime>,
     /// Bytes of log stored.
     pub log_len: u64,
+    /// When retention deleted its log (`log_len` still says how long it was).
+    pub log_pruned_at: Option<OffsetDateTime>,
+}
+
+/// What one pass of log retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedLogs {
+    /// Attempts whose logs were deleted.
+    pub attempts: u64,
+    /// Bytes deleted.
+    pub bytes: u64,
 }
 
 /// What the agent reported with an attempt's end, stored on the attempt row when the step that
@@ -290,6 +301,15 @@ pub trait WorkflowStore: Send + Sync {
         expected: i64,
         now: OffsetDateTime,
     ) -> StoreResult<super::Cas>;
+
+    /// Delete the logs of up to `limit` attempts that ended before `ended_before`, marking
+    /// each pruned at `now`. Running attempts and logs already pruned are left alone.
+    async fn prune_logs(
+        &self,
+        ended_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<PrunedLogs>;
 
     /// Up to `max` bytes of an attempt's log from `offset`, and the log's length.
     async fn read_log(
