@@ -239,6 +239,12 @@ pub struct WorkflowRun {
     /// The boot environment the machine is being booted into, while `booting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booting: Option<String>,
+    /// When it failed in a job: the attempt that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempt: Option<Uuid>,
+    /// When it failed in a job: the last lines of that job's log (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,

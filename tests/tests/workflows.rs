@@ -375,3 +375,48 @@ async fn the_agent_runs_its_jobs_streams_their_logs_and_reboots() {
     );
     server.stop().await;
 }
+
+/// A failing job stops the run with its task named and the end of its log on the run (whole
+/// lines, at most 4 KiB), so an operator sees why without fetching the log.
+#[tokio::test]
+async fn a_failed_job_leaves_the_end_of_its_log_on_the_run() {
+    let server = TestServer::start_with(|a| a.heartbeat_secs = Some(1)).await;
+    put_discovery(&server, b"kernel");
+    let work = tempfile::tempdir().unwrap();
+    let task = Task {
+        name: "flaky".into(),
+        script: Some("for i in $(seq 1 400); do echo \"line $i of the disk check\"; done; echo 'sdb: bad sector' >&2; exit 3".into()),
+        timeout_secs: 60,
+        ..Task::default()
+    };
+    apply_work_then_local(&server, "fails", vec![task]).await;
+    let _agent = FixtureAgent::boot(&server, work.path()).await;
+    let machine = wait_for_machine(&server).await;
+    assign(&server, machine, "fails").await;
+    let mut run = run_of(&server, machine).await;
+    for _ in 0..300 {
+        if run.phase == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        run = run_of(&server, machine).await;
+    }
+    assert_eq!(run.phase, "failed", "{run:?}");
+    assert!(
+        run.reason.as_deref().unwrap_or("").contains("flaky"),
+        "{run:?}"
+    );
+    let jobs = jobs_of(&server, machine).await;
+    assert_eq!(run.failed_attempt, Some(jobs[0].id));
+    let tail = run.log_tail.expect("the log's end");
+    assert!(tail.len() <= 4096 && tail.len() > 3000, "{}", tail.len());
+    assert!(
+        tail.starts_with("line "),
+        "starts at a whole line: {tail:?}"
+    );
+    assert!(
+        tail.ends_with("line 400 of the disk check\nsdb: bad sector\n"),
+        "{tail:?}"
+    );
+    server.stop().await;
+}

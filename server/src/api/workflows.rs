@@ -41,6 +41,8 @@ fn run_view(r: RunRecord) -> WorkflowRun {
         phase: r.run.phase.name().to_string(),
         reason,
         booting,
+        failed_attempt: None,
+        log_tail: None,
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -104,7 +106,42 @@ pub async fn show(
         .current_run(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("machine {id} has no workflow run")))?;
-    Ok(Json(run_view(run)))
+    let failed = matches!(run.run.phase, Phase::Failed { .. });
+    let mut view = run_view(run);
+    if failed {
+        if let Some((attempt, tail)) = failure_tail(&app, &view).await? {
+            view.failed_attempt = Some(attempt);
+            view.log_tail = Some(tail);
+        }
+    }
+    Ok(Json(view))
+}
+
+/// Bytes of a failed job's log shown with its run.
+const TAIL_BYTES: u64 = 4096;
+
+/// The newest attempt of a failed run that ended badly, and the end of its log from a line
+/// start (a log deleted by retention says so instead).
+async fn failure_tail(app: &App, run: &WorkflowRun) -> Result<Option<(Uuid, String)>, ApiError> {
+    let attempts = app.store.list_attempts(Some(run.machine_id), 50).await?;
+    let Some(a) = attempts.into_iter().find(|a| {
+        a.run_id == run.id && matches!(a.state.as_str(), "failed" | "timed_out" | "interrupted")
+    }) else {
+        return Ok(None);
+    };
+    if let Some(at) = a.log_pruned_at {
+        return Ok(Some((a.id, format!("(log deleted by retention at {at})"))));
+    }
+    let from = a.log_len.saturating_sub(TAIL_BYTES);
+    let (bytes, _) =
+        (app.store.read_log(a.id, from, TAIL_BYTES as usize).await?).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    // Cut a partial first line (and a split UTF-8 sequence with it).
+    let text = match (from > 0, text.find('\n')) {
+        (true, Some(i)) => &text[i + 1..],
+        _ => &text[..],
+    };
+    Ok(Some((a.id, text.to_string())))
 }
 
 /// Steer a machine's run: `retry` the failed task (or boot), `restart` from the first stage,

@@ -413,6 +413,12 @@ pub fn run(r: &WorkflowRun, f: Format) -> Result<()> {
     if let Some(reason) = &r.reason {
         println!("reason   {reason}");
     }
+    if let (Some(attempt), Some(tail)) = (r.failed_attempt, &r.log_tail) {
+        println!("log of the failed job {attempt} (its end; `anneal jobs logs {attempt}`):");
+        for line in tail.lines() {
+            println!("  | {line}");
+        }
+    }
     Ok(())
 }
 
