@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anneal_shared::cmdline;
+use anneal_shared::content::BOOTENV_INSTALLED;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -120,9 +121,24 @@ struct RunArgs {
     /// The server CA's fingerprint, `sha256:HEX`.
     #[arg(long, env = "ANNEAL_CA_FINGERPRINT")]
     ca_fingerprint: Option<String>,
-    /// Bootstrap token (not needed when --state-dir holds an enrollment of this boot).
+    /// Bootstrap token (not needed when --state-dir holds an enrollment of this boot, or with
+    /// --installed a usable kept certificate).
     #[arg(long, env = "ANNEAL_BOOTSTRAP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the bootstrap token from this file instead (e.g. /etc/anneal-agent/token).
+    #[arg(long, value_name = "PATH", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Run on the machine's installed OS rather than the discovery image: keep the key and
+    /// certificate in the state directory (default /var/lib/anneal-agent) across boots, report
+    /// each new boot to the server, renew the certificate before it runs out, and enroll with a
+    /// bootstrap token only when no kept certificate is usable. --server and --ca-fingerprint
+    /// default to those recorded there.
+    #[arg(long)]
+    installed: bool,
+    /// With --installed: the boot environment this OS runs as (one flagged `installed` on the
+    /// server).
+    #[arg(long, default_value = BOOTENV_INSTALLED, value_name = "NAME", requires = "installed")]
+    environment: String,
     /// Keep the key, certificate, machine id and boot id here (created 0700, files 0600). A
     /// restarted agent in the same boot resumes with them instead of enrolling again (the
     /// token may be spent by then); another boot id, or a certificate the pinned CA or the
@@ -259,19 +275,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `run`'s flags, with the kernel command line's `anneal.*` filling in what they leave out.
-fn run_config(a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock>)> {
+/// Where `--installed` keeps its key and certificate unless `--state-dir` says otherwise.
+pub const INSTALLED_STATE_DIR: &str = "/var/lib/anneal-agent";
+
+/// `run`'s flags, with the kernel command line's `anneal.*` filling in what they leave out
+/// (and, with `--installed`, the server recorded in the state directory before that).
+fn run_config(mut a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock>)> {
+    if a.installed && a.state_dir.is_none() {
+        a.state_dir = Some(PathBuf::from(INSTALLED_STATE_DIR));
+    }
+    let recorded = a
+        .state_dir
+        .as_deref()
+        .filter(|_| a.installed)
+        .and_then(crate::state::recorded_server);
+    let (recorded_url, recorded_ca) = recorded.unzip();
     let url = a
         .server
+        .or(recorded_url)
         .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
         .context("no server URL: give --server or anneal.url= on the kernel command line")?;
     let ca_fingerprint = a
         .ca_fingerprint
+        .or(recorded_ca)
         .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
         .context(
             "no CA fingerprint: give --ca-fingerprint or anneal.ca= on the kernel command line",
         )?;
-    let token = a.token.or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN));
+    let token = match &a.token_file {
+        Some(path) => Some(read_token_file(path)?),
+        None => a.token,
+    };
+    let token = token.or_else(|| from_cmdline(&a.sysroot, cmdline::TOKEN));
     // With a state directory the token may legitimately be absent (spent and gone); the runner
     // says so if it turns out to be needed.
     let token = match (token, &a.state_dir) {
@@ -301,6 +336,7 @@ fn run_config(a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock
     let opts = RunOptions {
         jobs: Some(jobs),
         state_dir: a.state_dir,
+        installed: a.installed.then_some(a.environment),
         set_clock: a.set_clock.then(|| {
             std::sync::Arc::new(crate::clock::SystemRealtime)
                 as std::sync::Arc<dyn crate::clock::ClockSetter>
@@ -318,4 +354,17 @@ fn run_config(a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<Clock
         once: a.once,
     };
     Ok((cfg, opts, clock))
+}
+
+/// A bootstrap token kept in a file: its one line, trimmed.
+fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    Ok(token.to_string())
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anneal_shared::api::{Machine, Problem};
 use anneal_shared::inventory::Inventory;
 use anneal_shared::protocol::{
-    self, AttemptResult, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
-    IdentityHints, InventoryReport, LogAck, NextAction, NextRequest, NextResponse, RenewRequest,
-    RenewResponse, TimeResponse,
+    self, AttemptResult, BootReport, EnrollRequest, EnrollResponse, HeartbeatRequest,
+    HeartbeatResponse, IdentityHints, InventoryReport, LogAck, NextAction, NextRequest,
+    NextResponse, RenewRequest, RenewResponse, TimeResponse,
 };
 use anneal_shared::{MachineId, PROTOCOL_VERSION};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -181,6 +181,7 @@ pub struct Enroller {
     clock: Arc<Clock>,
     pin: Arc<PinnedCa>,
     http: reqwest::Client,
+    environment: Option<String>,
 }
 
 impl Enroller {
@@ -199,7 +200,15 @@ impl Enroller {
             clock,
             pin,
             http,
+            environment: None,
         })
+    }
+
+    /// Name boot environment `env` in every enrollment: an installed agent's, so that an
+    /// enrollment with an operator's token counts as a boot of that environment.
+    pub fn with_environment(mut self, env: &str) -> Enroller {
+        self.environment = Some(env.to_string());
+        self
     }
 
     fn fix_mismatch(&self, e: ClientError) -> ClientError {
@@ -246,6 +255,7 @@ impl Enroller {
             boot_id: boot_id.to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: hostname.to_string(),
+            environment: self.environment.clone(),
         };
         let url = format!("{}{}", self.base, protocol::PATH_ENROLL);
         let res: EnrollResponse = exchange(&self.pin, &url, self.http.post(&url).json(&req))
@@ -409,6 +419,24 @@ impl Session {
             Some(&body),
         )
         .await
+    }
+
+    /// Tell the server this installed agent runs in a new kernel boot ([`Session::boot_id`])
+    /// of boot environment `environment`.
+    pub async fn report_boot(&self, environment: &str) -> Result<(), ClientError> {
+        let body = BootReport {
+            protocol: PROTOCOL_VERSION,
+            boot_id: self.boot_id.clone(),
+            environment: environment.to_string(),
+        };
+        let _: serde_json::Value = self
+            .call(
+                reqwest::Method::POST,
+                &protocol::path_boot(self.machine_id),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Send the inventory.

@@ -97,11 +97,15 @@ async fn collect(cfg: &RunConfig) -> anneal_shared::inventory::Inventory {
 /// The longest wait between retries (before ±25 % jitter).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(40);
 
-/// What the discovery image adds to `anneal-agent run` (all off by default).
+/// What the discovery image or an installed OS adds to `anneal-agent run` (all off by default).
 #[derive(Clone, Default)]
 pub struct RunOptions {
-    /// Keep key, certificate and enrollment here; resume from them within the same boot.
+    /// Keep key, certificate and enrollment here; resume from them within the same boot (or,
+    /// with `installed`, across boots).
     pub state_dir: Option<PathBuf>,
+    /// Installed-OS mode (`--installed`), running in this boot environment: the kept
+    /// certificate is reused across boots and each new boot reported; enrollments name it.
+    pub installed: Option<String>,
     /// Set the system clock through this once the server's time is known (`--set-clock`).
     pub set_clock: Option<Arc<dyn ClockSetter>>,
     /// Keep a one-line description of what the agent does in this file.
@@ -125,6 +129,7 @@ impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunOptions")
             .field("state_dir", &self.state_dir)
+            .field("installed", &self.installed)
             .field("set_clock", &self.set_clock.is_some())
             .field("status_file", &self.status_file)
             .field("jobs", &self.jobs)
@@ -169,6 +174,8 @@ struct Agent<'a> {
     state: Option<StateDir>,
     status: &'a mut Status,
     boot_id: String,
+    /// Installed-OS mode: the boot environment this agent runs in.
+    installed: Option<String>,
 }
 
 impl<'a> Agent<'a> {
@@ -179,7 +186,10 @@ impl<'a> Agent<'a> {
         clock: Arc<Clock>,
         status: &'a mut Status,
     ) -> Result<()> {
-        let enroller = Enroller::new(&cfg.url, &cfg.ca_fingerprint, clock.clone())?;
+        let mut enroller = Enroller::new(&cfg.url, &cfg.ca_fingerprint, clock.clone())?;
+        if let Some(env) = &opts.installed {
+            enroller = enroller.with_environment(env);
+        }
         let boot_id = read_boot_id(&cfg);
         let exec = opts.jobs.clone().map(|j| {
             let c = cfg.clone();
@@ -203,6 +213,7 @@ impl<'a> Agent<'a> {
             state,
             status,
             boot_id,
+            installed: opts.installed.clone(),
         };
         agent.learn_clock().await?;
         if let Some(setter) = &opts.set_clock {
@@ -242,30 +253,82 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// A certificate saved earlier in this boot, if the state directory holds a usable one.
-    fn resume(&mut self) -> Option<Session> {
+    /// A certificate saved earlier in this boot (installed: or kept from an earlier boot), if
+    /// the state directory holds a usable one; and whether it comes from another boot.
+    fn resume(&mut self) -> Option<(Session, bool)> {
         let state = self.state.as_ref()?;
         let pin = crate::tls::parse_fingerprint(&self.cfg.ca_fingerprint)?;
-        match state.load(&self.boot_id, &pin, self.clock.now_unix()) {
-            Loaded::Empty => None,
+        let now = self.clock.now_unix();
+        let loaded = match self.installed {
+            Some(_) => state.load_kept(&self.boot_id, &pin, now),
+            None => state.load(&self.boot_id, &pin, now),
+        };
+        let (creds, new_boot) = match loaded {
+            Loaded::Empty => return None,
             Loaded::OtherBoot { saved_boot_id } => {
                 tracing::info!(saved_boot_id, boot_id = %self.boot_id, "state directory is from another boot; enrolling afresh");
-                None
+                return None;
             }
             Loaded::Unusable(why) => {
                 tracing::warn!(dir = %state.path().display(), reason = %why, "saved enrollment unusable; enrolling afresh");
+                return None;
+            }
+            Loaded::Reusable(creds) => (creds, false),
+            Loaded::Kept {
+                credentials,
+                saved_boot_id,
+            } => {
+                tracing::info!(saved_boot_id, boot_id = %self.boot_id, "a new boot: using the certificate kept on this disk");
+                (credentials, true)
+            }
+        };
+        match self.enroller.resume(creds) {
+            Ok(s) => {
+                tracing::info!(machine_id = %s.machine_id, boot_id = %self.boot_id, "resuming the saved enrollment");
+                Some((s, new_boot))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "saved enrollment unusable; enrolling afresh");
                 None
             }
-            Loaded::Reusable(creds) => match self.enroller.resume(creds) {
-                Ok(s) => {
-                    tracing::info!(machine_id = %s.machine_id, boot_id = %self.boot_id, "resuming the enrollment saved earlier in this boot");
-                    Some(s)
+        }
+    }
+
+    /// Installed mode, a new boot with a kept certificate: tell the server (it may cross the
+    /// workflow's stage boundary), retrying while it is unreachable, then remember this boot
+    /// as reported. A refused certificate means enrolling afresh, which names the environment
+    /// and so reports the boot too; any other refusal is a configuration error.
+    async fn report_boot(
+        &mut self,
+        session: Session,
+        env: &str,
+        inv: &anneal_shared::inventory::Inventory,
+    ) -> Result<(Session, bool)> {
+        let mut backoff = Backoff::new(MAX_BACKOFF);
+        loop {
+            match session.report_boot(env).await {
+                Ok(()) => {
+                    tracing::info!(boot_id = %self.boot_id, env, "boot reported");
+                    self.save(&session);
+                    return Ok((session, true));
+                }
+                Err(e) if e.identity_refused() => {
+                    return Ok((self.reenroll(&e, inv).await?, false))
+                }
+                Err(e) if !e.is_transient() => {
+                    return Err(e).context(format!(
+                        "reporting this boot of boot environment {env:?} (give the installed \
+                         environment's name with --environment)"
+                    ))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "saved enrollment unusable; enrolling afresh");
-                    None
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "reporting the boot failed");
+                    self.status
+                        .work(|w| w.failing = Some((backoff.attempts(), wait, e.short())));
+                    tokio::time::sleep(wait).await;
                 }
-            },
+            }
         }
     }
 
@@ -291,6 +354,20 @@ impl<'a> Agent<'a> {
 
     /// Enroll with the bootstrap token, retrying what can be retried; save the result.
     async fn enroll(&mut self, inv: &anneal_shared::inventory::Inventory) -> Result<Session> {
+        if self.cfg.token.is_empty() && self.installed.is_some() {
+            let dir = self
+                .state
+                .as_ref()
+                .map_or("the state directory".to_string(), |s| {
+                    s.path().display().to_string()
+                });
+            anyhow::bail!(
+                "no usable certificate in {dir} and no bootstrap token to enroll with: create \
+                 one with `anneal tokens create` and give it with --token, \
+                 ANNEAL_BOOTSTRAP_TOKEN or --token-file, or copy the state directory the \
+                 provisioning agent kept into {dir}"
+            );
+        }
         if self.cfg.token.is_empty() {
             anyhow::bail!(
                 "no bootstrap token (--token or anneal.token= on the kernel command line) and no \
@@ -344,9 +421,10 @@ impl<'a> Agent<'a> {
     async fn work(&mut self) -> Result<()> {
         // Collector failures are logged by the inventory module and reported inside it.
         let mut inv = collect(&self.cfg).await;
-        let (mut session, mut resumed) = match self.resume() {
-            Some(s) => (s, true),
-            None => (self.enroll(&inv).await?, false),
+        let (mut session, mut resumed) = match (self.resume(), self.installed.clone()) {
+            (Some((s, true)), Some(env)) => self.report_boot(s, &env, &inv).await?,
+            (Some((s, _)), _) => (s, true),
+            (None, _) => (self.enroll(&inv).await?, false),
         };
         self.status.machine(session.machine_id);
         self.status.work(|w| w.resumed = resumed);

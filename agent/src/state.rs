@@ -4,6 +4,11 @@
 //! certificate here and carries on as the same machine in the same boot, without enrolling
 //! again (which would need a new token and raise the server's same-boot re-enrollment alert).
 //!
+//! An agent on an installed OS (`--installed`) keeps them across boots too
+//! ([`StateDir::load_kept`]): the certificate is its identity for as long as it is valid and
+//! renewed, and `boot_id` then records the last boot it was used in (reported to the server),
+//! so a restart within that boot is told apart from a new boot.
+//!
 //! Layout (directory 0700, files 0600, each written to a temporary file and renamed):
 //!
 //! | file | what |
@@ -39,8 +44,17 @@ const CA: &str = "ca.pem";
 const ENROLLMENT: &str = "enrollment.json";
 const FORMAT: u32 = 1;
 
-/// A certificate with less than this left (server's clock) is not worth resuming with.
+/// A certificate with less than this left (server's clock) is not worth resuming with — or a
+/// tenth of its lifetime, if that is less (servers issuing short-lived certificates).
 pub const MIN_REMAINING_SECS: i64 = 60;
+
+/// How long a certificate issued at `issued_at_ms` and expiring at `not_after_secs` (both by
+/// the server's clock) must still be valid to be resumed: [`MIN_REMAINING_SECS`], or a tenth of
+/// its lifetime when that is shorter, at least a second.
+pub fn min_remaining_secs(issued_at_ms: i64, not_after_secs: i64) -> i64 {
+    let lifetime = not_after_secs.saturating_sub(issued_at_ms / 1000);
+    (lifetime / 10).clamp(1, MIN_REMAINING_SECS)
+}
 
 /// `enrollment.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +85,14 @@ pub enum Loaded {
     Unusable(String),
     /// Checked and usable.
     Reusable(Credentials),
+    /// Checked and usable, kept from another boot ([`StateDir::load_kept`] only): the
+    /// credentials carry this boot's id; the server must be told of the new boot.
+    Kept {
+        /// The credentials, for this boot.
+        credentials: Credentials,
+        /// The boot they were last used in.
+        saved_boot_id: String,
+    },
 }
 
 /// The state directory.
@@ -131,6 +153,22 @@ impl StateDir {
     /// Look for credentials to resume with in boot `boot_id`, trusting only the CA whose
     /// SHA-256 is `pin`, judging validity at `now` (the server-corrected clock).
     pub fn load(&self, boot_id: &str, pin: &[u8; 32], now: UnixTime) -> Loaded {
+        self.load_with(boot_id, pin, now, false)
+    }
+
+    /// [`StateDir::load`] for an installed OS: credentials saved in another boot are reused
+    /// too ([`Loaded::Kept`]), after the same checks.
+    pub fn load_kept(&self, boot_id: &str, pin: &[u8; 32], now: UnixTime) -> Loaded {
+        self.load_with(boot_id, pin, now, true)
+    }
+
+    fn load_with(
+        &self,
+        boot_id: &str,
+        pin: &[u8; 32],
+        now: UnixTime,
+        across_boots: bool,
+    ) -> Loaded {
         let enrollment = match std::fs::read(self.dir.join(ENROLLMENT)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -159,13 +197,21 @@ impl StateDir {
                 record.format
             ));
         }
-        if record.boot_id != boot_id {
+        let same_boot = record.boot_id == boot_id;
+        if !same_boot && !across_boots {
             return Loaded::OtherBoot {
                 saved_boot_id: record.boot_id,
             };
         }
         match self.check(&record, pin, now) {
-            Ok(c) => Loaded::Reusable(c),
+            Ok(c) if same_boot => Loaded::Reusable(c),
+            Ok(c) => Loaded::Kept {
+                credentials: Credentials {
+                    boot_id: boot_id.to_string(),
+                    ..c
+                },
+                saved_boot_id: record.boot_id,
+            },
             Err(why) => Loaded::Unusable(why),
         }
     }
@@ -225,7 +271,7 @@ impl StateDir {
         verify_chain(&ca, leaf, intermediates, now)?;
         let not_after = parsed.validity().not_after.timestamp();
         let left = not_after - now.as_secs() as i64;
-        if left < MIN_REMAINING_SECS {
+        if left < min_remaining_secs(record.issued_at_ms, not_after) {
             return Err(format!("the certificate expires in {left} s"));
         }
         Ok(Credentials {
@@ -239,6 +285,15 @@ impl StateDir {
             issued_at_ms: record.issued_at_ms,
         })
     }
+}
+
+/// The server URL and CA fingerprint recorded with the enrollment saved in `dir`, if any: an
+/// installed agent whose state directory was copied from provisioning needs no flags. (The
+/// pin is then only as trustworthy as the directory, which holds the private key anyway.)
+pub fn recorded_server(dir: &Path) -> Option<(String, String)> {
+    let bytes = std::fs::read(dir.join(ENROLLMENT)).ok()?;
+    let record: Enrollment = serde_json::from_slice(&bytes).ok()?;
+    Some((record.server_url, record.ca_fingerprint))
 }
 
 fn pem_certs(pem: &str, name: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -296,4 +351,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_a_minute_or_a_tenth_of_a_short_lifetime() {
+        let issued = 1_000_000_000_000; // ms
+        let day = issued / 1000 + 86_400;
+        assert_eq!(min_remaining_secs(issued, day), MIN_REMAINING_SECS);
+        assert_eq!(min_remaining_secs(issued, issued / 1000 + 120), 12);
+        assert_eq!(
+            min_remaining_secs(issued, issued / 1000 + 5),
+            1,
+            "at least 1 s"
+        );
+        // Nonsense times (not after before issued) still ask for a second.
+        assert_eq!(min_remaining_secs(issued, 0), 1);
+        assert_eq!(min_remaining_secs(0, day), MIN_REMAINING_SECS);
+    }
+
+    #[test]
+    fn the_recorded_server_is_read_only_from_a_whole_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_server(tmp.path()), None, "nothing saved");
+        std::fs::write(tmp.path().join(ENROLLMENT), "{\"format\": 1").unwrap();
+        assert_eq!(recorded_server(tmp.path()), None, "torn");
+    }
 }

@@ -148,6 +148,7 @@ fn options(state: &Path, status: Option<&Path>) -> RunOptions {
         set_clock: None,
         status_file: status.map(Path::to_path_buf),
         jobs: None,
+        installed: None,
     }
 }
 
@@ -572,6 +573,7 @@ async fn set_clock_asks_for_the_servers_time_once() {
             set_clock: Some(recorder.clone()),
             status_file: None,
             jobs: None,
+            installed: None,
         },
         clock.clone(),
     )
@@ -589,5 +591,78 @@ async fn set_clock_asks_for_the_servers_time_once() {
         "fake clock was set"
     );
     assert!(clock.offset_ms().abs() < 10_000);
+    server.stop().await;
+}
+
+/// `--installed`'s rule: an enrollment saved in another boot is reused (as this boot's, with
+/// the boot it was saved in), after the same checks; the discovery image's rule refuses it.
+/// The server and pin recorded with it are readable for an agent started without flags.
+#[tokio::test]
+async fn kept_certificates_cross_boots_only_in_installed_mode() {
+    let server = Server::start().await;
+    let token = server.token(1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    once(&server, &token, "boot-1", &state)
+        .await
+        .expect("enrolled");
+    let id = server.only_machine().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pin = anneal_agent::tls::parse_fingerprint(&server.fingerprint()).unwrap();
+    let dir = StateDir::open(&state).unwrap();
+    let now = Clock::system().now_unix();
+
+    assert!(matches!(
+        dir.load("boot-2", &pin, now),
+        Loaded::OtherBoot { ref saved_boot_id } if saved_boot_id == "boot-1"
+    ));
+    match dir.load_kept("boot-2", &pin, now) {
+        Loaded::Kept {
+            credentials,
+            saved_boot_id,
+        } => {
+            assert_eq!(saved_boot_id, "boot-1");
+            assert_eq!(credentials.boot_id, "boot-2", "used in this boot");
+            assert_eq!(credentials.machine_id.to_string(), id);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(dir.load_kept("boot-1", &pin, now), Loaded::Reusable(_)),
+        "the same boot is a plain resume"
+    );
+    assert_eq!(
+        anneal_agent::state::recorded_server(&state),
+        Some((server.api_url.clone(), server.fingerprint()))
+    );
+
+    // The checks still apply across boots: another pin, another machine id, too little left.
+    let mut other_pin = pin;
+    other_pin[0] ^= 1;
+    match dir.load_kept("boot-2", &other_pin, now) {
+        Loaded::Unusable(why) => assert!(why.contains("not the pinned CA"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let saved: Value = serde_json::from_str(&read(&state.join("enrollment.json"))).unwrap();
+    let not_after = time::OffsetDateTime::parse(
+        saved["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp() as u64;
+    let late = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(not_after - 30));
+    match dir.load_kept("boot-2", &pin, late) {
+        Loaded::Unusable(why) => assert!(why.contains("expires in"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let mut forged = saved.clone();
+    forged["machine_id"] = "3f2a1b4c-0000-4000-8000-000000000001".into();
+    std::fs::write(state.join("enrollment.json"), forged.to_string()).unwrap();
+    match dir.load_kept("boot-2", &pin, now) {
+        Loaded::Unusable(why) => assert!(why.contains("the certificate names"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     server.stop().await;
 }

@@ -15,6 +15,9 @@ use serde_json::Value;
 pub const BOOTENV_DISCOVERY: &str = "discovery";
 /// The built-in boot environment that boots the machine's first local disk.
 pub const BOOTENV_LOCAL: &str = "local";
+/// The built-in boot environment that boots the local disk into an installed OS whose own
+/// `anneal-agent run --installed` takes the stage's tasks.
+pub const BOOTENV_INSTALLED: &str = "installed";
 
 /// The kinds of content object, as written in a document's `kind:` key.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,7 +67,7 @@ impl std::fmt::Display for Kind {
 
 /// A boot environment: what a machine boots into for a stage.
 ///
-/// `discovery` and `local` are built in (rendered by the server's own templates). Any other
+/// `discovery`, `local` and `installed` are built in (rendered by the server's own templates). Any other
 /// environment is an iPXE script template plus the artifacts it loads from the environment's
 /// artifact directory, with kernel arguments rendered per machine; `templates` are further
 /// files rendered per machine (an installer's preseed, say) and served to it over HTTP.
@@ -93,6 +96,11 @@ pub struct BootEnv {
     /// need it; a stage in an environment without it is done once its script was served.
     #[serde(default)]
     pub agent: bool,
+    /// The agent here is `anneal-agent run --installed` on the machine's own disk: it keeps its
+    /// certificate across boots and proves a boot by a boot report (or an enrollment naming
+    /// this environment) instead of a token the environment's script minted. Needs `agent`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub installed: bool,
     /// Booting it destroys data (an OS installer that partitions the disks), like a
     /// destructive task: a workflow that boots it is destructive.
     #[serde(default)]

@@ -14,6 +14,9 @@ pub enum EventKind {
     MachineEnrolled,
     /// An enrollment was held back for conflicting identity evidence.
     MachineQuarantined,
+    /// An installed agent reported a new kernel boot of `boot_env` with the certificate it
+    /// kept (`reason`: the boot id).
+    MachineBooted,
     /// A machine's agent stored its inventory.
     InventoryStored,
     /// An operator approved a pending machine.
@@ -67,9 +70,10 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind a server emits, for help texts and filters.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::MachineEnrolled,
         EventKind::MachineQuarantined,
+        EventKind::MachineBooted,
         EventKind::InventoryStored,
         EventKind::MachineApproved,
         EventKind::MachineRevoked,
@@ -98,6 +102,7 @@ impl EventKind {
         match self {
             EventKind::MachineEnrolled => "machine_enrolled",
             EventKind::MachineQuarantined => "machine_quarantined",
+            EventKind::MachineBooted => "machine_booted",
             EventKind::InventoryStored => "inventory_stored",
             EventKind::MachineApproved => "machine_approved",
             EventKind::MachineRevoked => "machine_revoked",

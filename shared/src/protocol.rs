@@ -30,6 +30,10 @@ pub fn path_inventory(id: MachineId) -> String {
 pub fn path_renew(id: MachineId) -> String {
     format!("/agent/v1/machines/{id}/renew")
 }
+/// `POST`: [`BootReport`] (204): an installed agent's new kernel boot, from its own disk.
+pub fn path_boot(id: MachineId) -> String {
+    format!("/agent/v1/machines/{id}/boot")
+}
 /// `GET`: [`crate::api::Machine`] — the caller's own record.
 pub fn path_machine(id: MachineId) -> String {
     format!("/agent/v1/machines/{id}")
@@ -119,6 +123,11 @@ pub struct EnrollRequest {
     pub agent_version: String,
     #[serde(default)]
     pub hostname: String,
+    /// An installed agent (`anneal-agent run --installed`) names the boot environment it runs
+    /// in; with a token no boot script minted, the server takes this enrollment as that boot
+    /// (the environment must be flagged `installed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// Successful enrollment: the client certificate and where the mutual-TLS agent API listens.
@@ -144,6 +153,18 @@ pub struct InventoryReport {
     pub protocol: u32,
     pub boot_id: String,
     pub inventory: Inventory,
+}
+
+/// `POST /agent/v1/machines/{id}/boot`: an installed agent started in a new kernel boot with
+/// the certificate it kept. The server takes it as that boot of `environment` (which must be
+/// flagged `installed`), like an enrollment: it may cross the workflow's stage boundary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootReport {
+    pub protocol: u32,
+    /// The kernel's boot id now.
+    pub boot_id: String,
+    /// The boot environment the agent runs in (`installed`, or an operator's own).
+    pub environment: String,
 }
 
 /// `POST /agent/v1/machines/{id}/heartbeat`.

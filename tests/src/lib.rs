@@ -39,6 +39,15 @@ impl TestServer {
 
     /// Start, adjusting the serve flags first.
     pub async fn start_with(adjust: impl FnOnce(&mut ServeArgs)) -> TestServer {
+        Self::start_configured(adjust, |_| {}).await
+    }
+
+    /// Start, adjusting the serve flags and then the resolved configuration (for values the
+    /// flags do not allow, such as client certificates living seconds).
+    pub async fn start_configured(
+        adjust: impl FnOnce(&mut ServeArgs),
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args = ServeArgs {
             data_dir: Some(dir.path().to_path_buf()),
@@ -49,7 +58,8 @@ impl TestServer {
             ..Default::default()
         };
         adjust(&mut args);
-        let config = Config::resolve(&args).expect("config");
+        let mut config = Config::resolve(&args).expect("config");
+        tweak(&mut config);
         let running = serve::start(config).await.expect("server starts");
         let admin_token = running
             .first_admin_token

@@ -108,7 +108,7 @@ pub async fn wait_for_machine(server: &TestServer) -> uuid::Uuid {
 pub struct FixtureAgent {
     /// Exists once the agent ran its reboot command.
     pub rebooted: std::path::PathBuf,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl FixtureAgent {
@@ -117,18 +117,60 @@ impl FixtureAgent {
 
     /// Boot it into discovery and start its agent, with scripts under `work`.
     pub async fn boot(server: &TestServer, work: &std::path::Path) -> FixtureAgent {
-        use anneal_agent::runner::{run_with, JobOptions, RunConfig, RunOptions};
+        Self::boot_keeping(server, work, None).await
+    }
+
+    /// [`FixtureAgent::boot`], the agent keeping its key and certificate in `state` (the
+    /// discovery image's `--state-dir`).
+    pub async fn boot_keeping(
+        server: &TestServer,
+        work: &std::path::Path,
+        state: Option<&std::path::Path>,
+    ) -> FixtureAgent {
         let script = crate::pxe::machine_script(server, Self::MAC, "", "efi").await;
+        let opts = anneal_agent::runner::RunOptions {
+            state_dir: state.map(std::path::Path::to_path_buf),
+            ..Default::default()
+        };
+        Self::spawn(server, work, &crate::pxe::token_of(&script), "boot-1", opts)
+    }
+
+    /// The same machine's installed OS: `anneal-agent run --installed` in boot `boot_id`,
+    /// keeping its key and certificate in `state`, with `token` (may be empty) to enroll with
+    /// when nothing kept is usable.
+    pub fn installed(
+        server: &TestServer,
+        work: &std::path::Path,
+        state: &std::path::Path,
+        boot_id: &str,
+        token: &str,
+    ) -> FixtureAgent {
+        let opts = anneal_agent::runner::RunOptions {
+            state_dir: Some(state.to_path_buf()),
+            installed: Some(anneal_shared::content::BOOTENV_INSTALLED.into()),
+            ..Default::default()
+        };
+        Self::spawn(server, work, token, boot_id, opts)
+    }
+
+    fn spawn(
+        server: &TestServer,
+        work: &std::path::Path,
+        token: &str,
+        boot_id: &str,
+        opts: anneal_agent::runner::RunOptions,
+    ) -> FixtureAgent {
+        use anneal_agent::runner::{run_with, JobOptions, RunConfig, RunOptions};
         let rebooted = work.join("rebooted");
         let cfg = RunConfig {
             url: server.api_url.clone(),
             ca_fingerprint: server.fingerprint(),
-            token: crate::pxe::token_of(&script),
+            token: token.into(),
             sysroot: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../agent/tests/fixtures/uefi-virtio/root"),
             run_tools: false,
             lldp_listen: std::time::Duration::ZERO,
-            boot_id: Some("boot-1".into()),
+            boot_id: Some(boot_id.into()),
             once: false,
         };
         let opts = RunOptions {
@@ -137,26 +179,52 @@ impl FixtureAgent {
                 reboot: vec!["touch".into(), rebooted.display().to_string()],
                 power_off: vec!["false".into()],
             }),
-            ..RunOptions::default()
+            ..opts
         };
         let task = tokio::spawn(run_with(cfg, opts, anneal_agent::clock::Clock::system()));
-        FixtureAgent { rebooted, task }
+        FixtureAgent {
+            rebooted,
+            task: Some(task),
+        }
     }
 
     /// Wait up to `secs` for the reboot command to have run.
     pub async fn wait_for_reboot(&self, secs: u64) {
         for _ in 0..secs * 10 {
-            if self.rebooted.exists() || self.task.is_finished() {
+            if self.rebooted.exists() || self.is_finished() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
+
+    /// Stop the agent (a crash, or the machine going down) and wait until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Wait up to `secs` for the agent to exit by itself; its result.
+    pub async fn exited(mut self, secs: u64) -> anyhow::Result<()> {
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(std::time::Duration::from_secs(secs), task)
+            .await
+            .expect("the agent exits")
+            .expect("the agent task did not panic")
+    }
+
+    fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
 }
 
 impl Drop for FixtureAgent {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! request, that the certificate is on record and not revoked (a kept-alive connection does
 //! not outlive `revoke`) and that the machine in the path is the one the certificate names.
 
+mod boot;
 mod handlers;
 mod jobs;
 
@@ -49,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
             put(handlers::inventory),
         )
         .route("/agent/v1/machines/{id}/renew", post(handlers::renew))
+        .route("/agent/v1/machines/{id}/boot", post(boot::report))
         .route("/agent/v1/machines/{id}/next", post(jobs::next))
         .route(
             "/agent/v1/machines/{id}/attempts/{attempt}/start",
@@ -79,6 +81,7 @@ async fn timed(req: Request, next: Next) -> Response {
         Some("heartbeat") => "heartbeat",
         Some("inventory") => "inventory",
         Some("renew") => "renew",
+        Some("boot") => "boot",
         Some("next") => "next",
         Some("start") => "start",
         Some("log") => "log",

@@ -163,8 +163,9 @@ async fn render_script(boot: &Boot, b: &Booting<'_>) -> Result<String, Failure> 
     bootenv::check_files(&env, &inputs)?;
     let kernel_args = bootenv::kernel_args(&env, &inputs)?;
     // Minted once the files and kernel arguments rendered; should an own ipxe script then
-    // fail, the unused token just expires.
-    let agent = if env.agent {
+    // fail, the unused token just expires. An installed environment's agent is on the disk
+    // with its own certificate: nothing to mint.
+    let agent = if env.agent && !env.installed {
         let minted = agent_boot(boot, b.mac, Some(b.machine), &env.name, b.host).await;
         let minted =
             minted.ok_or_else(|| Failure::Server("minting a bootstrap token failed".into()))?;

@@ -55,7 +55,7 @@ use minijinja::context;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-use anneal_shared::content::{BOOTENV_DISCOVERY, BOOTENV_LOCAL};
+use anneal_shared::content::{BOOTENV_DISCOVERY, BOOTENV_INSTALLED, BOOTENV_LOCAL};
 
 use crate::app::App;
 use crate::identity;
@@ -344,7 +344,14 @@ async fn choose_and_render(
             .or(m.assigned_env.as_deref())
             .unwrap_or(BOOTENV_LOCAL),
     };
-    if env == BOOTENV_LOCAL {
+    // `installed` boots the disk exactly like `local`; only its agent differs (it reports
+    // the boot itself, see workflow/installed.rs).
+    if env == BOOTENV_LOCAL || env == BOOTENV_INSTALLED {
+        let label = if env == BOOTENV_LOCAL {
+            BOOTENV_LOCAL
+        } else {
+            BOOTENV_INSTALLED
+        };
         let body = boot
             .templates
             .render(
@@ -356,7 +363,7 @@ async fn choose_and_render(
         if let Some(m) = &found {
             crate::workflow::service::script_served(&boot.app, m.id, env).await;
         }
-        return ("local", machine, body);
+        return (label, machine, body);
     }
     if let (Some(m), false) = (&found, env == BOOTENV_DISCOVERY) {
         let booting = custom::Booting {

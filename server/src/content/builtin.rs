@@ -53,16 +53,21 @@ pub fn builtin() -> &'static ContentSet {
 
 #[cfg(test)]
 mod tests {
-    use anneal_shared::content::{StageEnd, BOOTENV_DISCOVERY, BOOTENV_LOCAL, PROFILE_GLOBAL};
+    use anneal_shared::content::{
+        StageEnd, BOOTENV_DISCOVERY, BOOTENV_INSTALLED, BOOTENV_LOCAL, PROFILE_GLOBAL,
+    };
 
     use super::*;
 
     #[test]
     fn built_in_content_loads_and_validates() {
         let set = load().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(set.len(), 2 + 1 + 5 + 5 + 1);
+        assert_eq!(set.len(), 3 + 1 + 5 + 5 + 1);
         assert!(set.boot_envs[BOOTENV_DISCOVERY].agent);
         assert!(!set.boot_envs[BOOTENV_LOCAL].agent);
+        let installed = &set.boot_envs[BOOTENV_INSTALLED];
+        assert!(installed.agent && installed.installed);
+        assert!(!set.boot_envs[BOOTENV_DISCOVERY].installed);
 
         let inventory = &set.tasks["inventory"];
         assert_eq!(inventory.action.as_deref(), Some("inventory"));

@@ -6,7 +6,7 @@ use super::error::ContentError;
 use super::params::describe_value;
 use super::set::ContentSet;
 use super::template;
-use anneal_shared::content::{Kind, BOOTENV_DISCOVERY, BOOTENV_LOCAL};
+use anneal_shared::content::{Kind, BOOTENV_DISCOVERY, BOOTENV_INSTALLED, BOOTENV_LOCAL};
 
 /// The built-in agent actions a task may name in `action:`. The one list: the agent's
 /// executor implements exactly these.
@@ -17,11 +17,11 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Whether `name` is one of the boot environments only the server defines.
 pub fn is_reserved_boot_env(name: &str) -> bool {
-    name == BOOTENV_DISCOVERY || name == BOOTENV_LOCAL
+    [BOOTENV_DISCOVERY, BOOTENV_LOCAL, BOOTENV_INSTALLED].contains(&name)
 }
 
 /// Operator content may not define the reserved boot environments: the server renders
-/// `discovery` and `local` itself (`server/src/boot/render.rs`).
+/// `discovery`, `local` and `installed` itself (`server/src/boot/render.rs`).
 pub fn reserved(operator: &ContentSet) -> Vec<ContentError> {
     operator
         .boot_envs
@@ -115,6 +115,13 @@ impl Checker<'_> {
                     Kind::BootEnv,
                     name,
                     "kernel: a boot environment needs a kernel or an ipxe script".into(),
+                );
+            }
+            if env.installed && !env.agent {
+                self.report(
+                    Kind::BootEnv,
+                    name,
+                    "installed: an installed environment runs the agent; set agent: true".into(),
                 );
             }
             let files = env.kernel.iter().map(|k| ("kernel".to_string(), k));

@@ -242,6 +242,27 @@ fn stages_need_an_agent_for_tasks_and_positive_timeouts() {
 }
 
 #[test]
+fn the_installed_environment_takes_tasks_and_operator_ones_need_the_agent() {
+    // The built-in `installed` boots the disk like `local`, but its agent takes tasks.
+    assert!(problems("kind: stage\nname: s\nboot_env: installed\ntasks: [inventory]\n").is_empty());
+    assert_eq!(
+        problems("kind: boot_env\nname: installed\nipxe: exit\n"),
+        [
+            r#"ops.yaml: document 1 (line 1, boot_env "installed"): name: "installed" is a built-in boot environment and cannot be redefined"#
+        ]
+    );
+    // An operator's own installed environment (its own script for the disk) needs the agent.
+    assert_eq!(
+        problem("kind: boot_env\nname: disk2\nipxe: sanboot --drive 0x81\ninstalled: true\n"),
+        "installed: an installed environment runs the agent; set agent: true"
+    );
+    assert!(problems(
+        "kind: boot_env\nname: disk2\nipxe: sanboot --drive 0x81\nagent: true\ninstalled: true\n---\nkind: stage\nname: s\nboot_env: disk2\ntasks: [inventory]\n"
+    )
+    .is_empty());
+}
+
+#[test]
 fn every_problem_is_collected() {
     let p = problems(
         "kind: task\nname: T\naction: nope\ntimeout_secs: 0\n---\nkind: stage\nname: s\nboot_env: x\ntasks: [y]\n---\nkind: workflow\nname: w\nstages: [z]\n",

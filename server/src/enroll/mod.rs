@@ -22,6 +22,7 @@ use crate::identity::{self, Evidence};
 use crate::problem::{ApiError, ApiJson};
 use crate::store::{EnrollInput, EnrollOutcome, SignedCert, TokenRefusal};
 use crate::tokens::hash_secret;
+use crate::workflow::installed;
 
 /// Routes served on the operator HTTPS listener without authentication.
 pub fn router(app: Arc<App>) -> Router {
@@ -66,6 +67,15 @@ fn validate(req: &EnrollRequest) -> Result<(), ApiError> {
     if req.identity.macs.len() > 256 {
         return Err(ApiError::bad_request("more than 256 MAC addresses"));
     }
+    if req
+        .environment
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.len() > 64)
+    {
+        return Err(ApiError::bad_request(
+            "environment must be 1 to 64 characters",
+        ));
+    }
     Ok(())
 }
 
@@ -76,6 +86,18 @@ async fn enroll(
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     validate(&req)?;
+    // An installed agent's environment is checked before a token use is spent on it.
+    let named_env = match &req.environment {
+        Some(env) => match installed::check(&app, env).await {
+            Ok(e) => Some(e.name),
+            Err(e) => {
+                metrics::counter!("anneal_enrollments_total", "result" => "refused_environment")
+                    .increment(1);
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let now = OffsetDateTime::now_utc();
     let lifetime = time::Duration::seconds(app.config.client_cert_secs as i64);
     // Check the CSR before the transaction so a bad one is the caller's 400, not our 500.
@@ -136,6 +158,8 @@ async fn enroll(
                 state: Some(result.into()),
                 ..Event::of(EventKind::MachineEnrolled).machine(machine_id)
             });
+            let via_env =
+                installed::enrolled_via(&app, machine_id, &req.boot_id, via_env, named_env).await;
             crate::workflow::service::enrolled(&app, machine_id, &req.boot_id, via_env.as_deref())
                 .await;
             let host = request_host(&headers, &uri).unwrap_or_else(|| "localhost".into());

@@ -470,6 +470,27 @@ impl WorkflowStore for SqliteStore {
             .transpose()
     }
 
+    async fn report_boot(
+        &self,
+        machine: MachineId,
+        boot_id: &str,
+        env: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer().begin().await.map_err(db)?;
+        record_boot(&mut tx, machine, boot_id, Some(env), now).await?;
+        sqlx::query(
+            "UPDATE machines SET boot_id = ?, last_seen = ?, version = version + 1 WHERE id = ?",
+        )
+        .bind(boot_id)
+        .bind(to_ms(now))
+        .bind(machine.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
     async fn forget_boot(&self, machine: MachineId) -> StoreResult<()> {
         sqlx::query("DELETE FROM machine_boots WHERE machine_id = ?")
             .bind(machine.to_string())

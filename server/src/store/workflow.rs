@@ -258,6 +258,16 @@ pub trait WorkflowStore: Send + Sync {
         machine: MachineId,
     ) -> StoreResult<Option<(String, Option<String>)>>;
 
+    /// An installed agent reported boot `boot_id` of environment `env` (no enrollment): record
+    /// it as the machine's latest boot and its boot id on the machine record.
+    async fn report_boot(
+        &self,
+        machine: MachineId,
+        boot_id: &str,
+        env: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+
     /// Forget the machine's latest boot: it is booting again (a script was served).
     async fn forget_boot(&self, machine: MachineId) -> StoreResult<()>;
 
