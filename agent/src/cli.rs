@@ -290,18 +290,31 @@ fn run_config(mut a: RunArgs) -> Result<(RunConfig, RunOptions, std::sync::Arc<C
         .filter(|_| a.installed)
         .and_then(crate::state::recorded_server);
     let (recorded_url, recorded_ca) = recorded.unzip();
+    // Where else each could have come from, for the error.
+    let elsewhere = |key: &str| match a.installed {
+        true => "a state directory copied from provisioning (which records it)".to_string(),
+        false => format!("{key}= on the kernel command line"),
+    };
     let url = a
         .server
         .or(recorded_url)
         .or_else(|| from_cmdline(&a.sysroot, cmdline::URL))
-        .context("no server URL: give --server or anneal.url= on the kernel command line")?;
+        .with_context(|| {
+            format!(
+                "no server URL: give --server or {}",
+                elsewhere(cmdline::URL)
+            )
+        })?;
     let ca_fingerprint = a
         .ca_fingerprint
         .or(recorded_ca)
         .or_else(|| from_cmdline(&a.sysroot, cmdline::CA))
-        .context(
-            "no CA fingerprint: give --ca-fingerprint or anneal.ca= on the kernel command line",
-        )?;
+        .with_context(|| {
+            format!(
+                "no CA fingerprint: give --ca-fingerprint or {}",
+                elsewhere(cmdline::CA)
+            )
+        })?;
     let token = match &a.token_file {
         Some(path) => Some(read_token_file(path)?),
         None => a.token,

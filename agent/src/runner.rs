@@ -215,6 +215,12 @@ impl<'a> Agent<'a> {
             boot_id,
             installed: opts.installed.clone(),
         };
+        // Installed, nothing kept and no token: say so now rather than after the server
+        // answers (it may be unreachable for a long time).
+        let kept = agent.state.as_ref().is_some_and(StateDir::holds_enrollment);
+        if agent.installed.is_some() && agent.cfg.token.is_empty() && !kept {
+            return Err(agent.nothing_to_enroll_with());
+        }
         agent.learn_clock().await?;
         if let Some(setter) = &opts.set_clock {
             crate::clock::apply(&agent.clock, setter.as_ref());
@@ -352,21 +358,25 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// Installed mode without a usable certificate or a token: what the operator can do.
+    fn nothing_to_enroll_with(&self) -> anyhow::Error {
+        let dir = self
+            .state
+            .as_ref()
+            .map_or("the state directory".to_string(), |s| {
+                s.path().display().to_string()
+            });
+        anyhow::anyhow!(
+            "no usable certificate in {dir} and no bootstrap token to enroll with: create one \
+             with `anneal tokens create` and give it with --token, ANNEAL_BOOTSTRAP_TOKEN or \
+             --token-file, or copy the state directory the provisioning agent kept into {dir}"
+        )
+    }
+
     /// Enroll with the bootstrap token, retrying what can be retried; save the result.
     async fn enroll(&mut self, inv: &anneal_shared::inventory::Inventory) -> Result<Session> {
         if self.cfg.token.is_empty() && self.installed.is_some() {
-            let dir = self
-                .state
-                .as_ref()
-                .map_or("the state directory".to_string(), |s| {
-                    s.path().display().to_string()
-                });
-            anyhow::bail!(
-                "no usable certificate in {dir} and no bootstrap token to enroll with: create \
-                 one with `anneal tokens create` and give it with --token, \
-                 ANNEAL_BOOTSTRAP_TOKEN or --token-file, or copy the state directory the \
-                 provisioning agent kept into {dir}"
-            );
+            return Err(self.nothing_to_enroll_with());
         }
         if self.cfg.token.is_empty() {
             anyhow::bail!(

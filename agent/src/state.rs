@@ -141,6 +141,11 @@ impl StateDir {
         write_atomic(&self.dir.join(ENROLLMENT), &json, 0o600)
     }
 
+    /// Whether an enrollment is saved here at all (usable or not is for `load` to say).
+    pub fn holds_enrollment(&self) -> bool {
+        self.dir.join(ENROLLMENT).exists()
+    }
+
     /// Forget the saved enrollment (its certificate was refused). Other files stay until the
     /// next save overwrites them; without `enrollment.json` they are never used.
     pub fn discard(&self) -> std::io::Result<()> {

@@ -66,6 +66,7 @@ async fn a_machine_reaches_only_its_own_record() {
         protocol::path_heartbeat(b.machine_id),
         protocol::path_inventory(b.machine_id),
         protocol::path_renew(b.machine_id),
+        protocol::path_boot(b.machine_id),
     ] {
         let err = a.get_raw(&path).await.expect_err("refused");
         assert!(
