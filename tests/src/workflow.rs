@@ -239,11 +239,18 @@ pub async fn apply_work_then_local(server: &TestServer, name: &str, tasks: Vec<T
         ..Default::default()
     }));
     objects.extend(tasks.into_iter().map(ContentObject::Task));
-    server
+    apply(server, &objects).await;
+}
+
+/// Apply `objects` as a new content version, straight into the store (the API path is tested
+/// elsewhere); the version.
+pub async fn apply(server: &TestServer, objects: &[ContentObject]) -> i64 {
+    let out = server
         .running
         .app
         .store
-        .apply_content(&objects, &[])
+        .apply_content(objects, &[])
         .await
         .expect("content applied");
+    out.version
 }

@@ -15,7 +15,7 @@ use anneal_shared::events::EventKind;
 use anneal_tests::events::EventStream;
 use anneal_tests::pxe::{machine_script, put_discovery};
 use anneal_tests::workflow::{
-    assign, jobs_of, log_of, run_of, stage, wait_for_machine, FixtureAgent,
+    apply, assign, jobs_of, log_of, run_of, stage, wait_for_machine, FixtureAgent,
 };
 use anneal_tests::{hints, TestServer};
 use serde_json::Value;
@@ -30,22 +30,12 @@ fn witness_task(name: &str, witness: &Path) -> ContentObject {
     })
 }
 
-async fn apply(server: &TestServer, objects: Vec<ContentObject>) {
-    server
-        .running
-        .app
-        .store
-        .apply_content(&objects, &[])
-        .await
-        .expect("content applied");
-}
-
 /// The workflow: a script task in the discovery image → reboot → a script task on the
 /// installed OS → local boot.
 async fn apply_to_disk(server: &TestServer, witness: &Path) {
     apply(
         server,
-        vec![
+        &[
             witness_task("prepare", witness),
             witness_task("configure", witness),
             stage("prepare", "discovery", &["prepare"], StageEnd::Reboot),
@@ -252,7 +242,7 @@ async fn a_restart_is_a_reboot_only_with_a_new_boot_id_and_never_enrolls_again()
     let rebooted = work.path().join("rebooted");
     apply(
         &server,
-        vec![
+        &[
             witness_task("a", &witness),
             witness_task("b", &witness),
             stage("one", "installed", &["a"], StageEnd::Reboot),

@@ -9,8 +9,8 @@ use anneal_shared::protocol::{AttemptResult, IdentityHints, Job, JobWork, NextAc
 use anneal_shared::PROTOCOL_VERSION;
 use anneal_tests::pxe::{machine_script, put_discovery, token_of};
 use anneal_tests::workflow::{
-    apply_work_then_local, assign, jobs_of, log_of, run_of, script_task, stage, wait_for_machine,
-    FixtureAgent,
+    apply, apply_work_then_local, assign, jobs_of, log_of, run_of, script_task, stage,
+    wait_for_machine, FixtureAgent,
 };
 use anneal_tests::{hints, TestServer};
 
@@ -41,14 +41,7 @@ async fn apply_three_boot(server: &TestServer) {
             ..Workflow::default()
         }),
     ];
-    let out = server
-        .running
-        .app
-        .store
-        .apply_content(&objects, &[])
-        .await
-        .expect("content applied");
-    assert_eq!(out.version, 1);
+    assert_eq!(apply(server, &objects).await, 1);
 }
 
 /// The machine PXE-boots: fetches its script (the server records it), and the discovery
