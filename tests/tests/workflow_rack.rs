@@ -1,6 +1,8 @@
 //! End to end in the virtual rack: the issue's three-boot workflow on a BIOS and a UEFI
 //! machine — a discovery stage with script tasks → reboot → a second stage in the discovery
-//! image → reboot → local boot — and again when it is re-run.
+//! image → reboot → local boot — and again when it is re-run. In the first run the server is
+//! killed (`kill -9`) while the first task runs with part of its log uploaded, kept down a few
+//! seconds and started again on the same data: nothing may be lost or run twice.
 //!
 //! Each task appends a line to the machine's own (virtual) disk, read from the host
 //! afterwards: the witness that every task ran exactly once per run, independent of what the
@@ -21,6 +23,12 @@ use serde_json::{json, Value};
 /// Both machines, both runs: six boots each under software emulation on two cores.
 const DEADLINE: Duration = Duration::from_secs(1500);
 
+/// How long the killed server stays down: several of the agents' retries (1 s, 2 s, …) fail.
+const DOWN: Duration = Duration::from_secs(4);
+
+/// The line `first-a` prints after its pause, the moment the server is killed in.
+const AFTER_PAUSE: &str = "first stage, after the pause\n";
+
 /// Appends `$1` to the text at the start of the first virtio disk (NUL-terminated).
 const WITNESS: &str = r#"mark() {
   n=$(head -c 4096 /dev/vda | tr -d '\000' | wc -c)
@@ -40,9 +48,12 @@ fn content() -> String {
         )
     };
     [
+        // The pause is where the server gets killed: a line uploaded before, one after.
         task(
             "first-a",
-            "echo \"first stage, booted $(cat /proc/sys/kernel/random/boot_id)\"",
+            "echo \"first stage, booted $(cat /proc/sys/kernel/random/boot_id)\"\n  \
+             sleep 6\n  \
+             echo first stage, after the pause",
         ),
         task("first-b", "echo to stderr >&2; uname -r"),
         task(
@@ -65,6 +76,8 @@ struct Subject<'r> {
     id: Option<String>,
     /// Runs completed so far.
     done: u32,
+    /// Its run at the last look.
+    run: Value,
 }
 
 fn spec(uefi: bool, dir: &Path) -> Result<(MachineSpec, String, PathBuf)> {
@@ -142,6 +155,15 @@ fn check_done(server: &Anneal, s: &Subject) -> Result<()> {
         if j["task"] == "first-b" {
             ensure!(log.contains("to stderr\n"), "stderr in the log: {log:?}");
         }
+        if j["task"] == "first-a" {
+            let before = log.find("first stage, booted ");
+            let after = log.find(AFTER_PAUSE);
+            ensure!(
+                matches!((before, after), (Some(b), Some(a)) if b < a),
+                "{}: both lines of first-a, in order: {log:?}",
+                s.name
+            );
+        }
     }
     let once = "first-a\nfirst-b\nsecond-a\n";
     let want = once.repeat(s.done as usize);
@@ -154,10 +176,75 @@ fn check_done(server: &Anneal, s: &Subject) -> Result<()> {
     Ok(())
 }
 
+/// A job the kill interrupted: the machine, the attempt, its log as stored just before.
+struct Cut {
+    name: &'static str,
+    attempt: String,
+    log: String,
+}
+
+/// `kill -9` the server while a machine runs `first-a` with part of its log uploaded (the
+/// attempt acknowledged, log chunks on both sides of the crash, the result still to come),
+/// keep it down for [`DOWN`], and start it again on the same data. Returns the jobs cut.
+///
+/// Only while every machine is at its first task (`ready` or running it): its agent is up, and
+/// no machine can be told to reboot before the kill. Firmware that finds no server gives up
+/// that boot device instead of retrying (SeaBIOS's iPXE ROM after a failed boot-file fetch,
+/// OVMF after a failed TFTP) — a limit of the firmware, not of the server — and has no agent
+/// yet to retry for it.
+fn kill_mid_job(server: &mut Anneal, subjects: &[Subject]) -> Result<Vec<Cut>> {
+    let at_first_task = |s: &Subject| {
+        matches!(s.run["phase"].as_str(), Some("ready" | "running"))
+            && s.run["stage"] == 0
+            && s.run["task"] == 0
+    };
+    if !subjects.iter().all(at_first_task) {
+        return Ok(Vec::new());
+    }
+    let mut cut = Vec::new();
+    for s in subjects.iter().filter(|s| s.run["phase"] == "running") {
+        let id = s.id.as_deref().context("id")?;
+        let jobs = server.api_get(&format!("/api/v1/jobs?machine={id}"))?;
+        for j in jobs.as_array().context("jobs")? {
+            if j["task"] != "first-a" || j["state"] != "running" {
+                continue;
+            }
+            let attempt = j["id"].as_str().context("attempt id")?.to_string();
+            let log = server.api_get_text(&format!("/api/v1/jobs/{attempt}/log"))?;
+            if !log.is_empty() && !log.contains(AFTER_PAUSE) {
+                cut.push(Cut {
+                    name: s.name,
+                    attempt,
+                    log,
+                });
+            }
+        }
+    }
+    if !cut.is_empty() {
+        server.kill9()?;
+        std::thread::sleep(DOWN);
+        server.restart()?;
+    }
+    Ok(cut)
+}
+
+/// After the run: each cut job's log is what the server had before the kill followed by the
+/// rest (uploaded to the restarted server) — nothing lost, nothing twice.
+fn check_cut(server: &Anneal, cut: &Cut) -> Result<()> {
+    let log = server.api_get_text(&format!("/api/v1/jobs/{}/log", cut.attempt))?;
+    ensure!(
+        log.len() > cut.log.len() && log.starts_with(&cut.log) && log.contains(AFTER_PAUSE),
+        "{}: first-a's log was {:?} at the kill, now {log:?}",
+        cut.name,
+        cut.log
+    );
+    Ok(())
+}
+
 fn three_boot_twice() -> Result<()> {
     let rack = Rack::new()?;
     let config = format!("{}{}", image::config_line(), rack.full_dhcp_config());
-    let server = Anneal::start(&rack, &config)?;
+    let mut server = Anneal::start(&rack, &config)?;
     let applied = server.api_post(
         "/api/v1/content",
         Some(json!({ "files": [{ "path": "rack.yaml", "text": content() }] })),
@@ -175,9 +262,11 @@ fn three_boot_twice() -> Result<()> {
             vm,
             id: None,
             done: 0,
+            run: Value::Null,
         });
     }
     let started = Instant::now();
+    let mut cut = Vec::new();
     while subjects.iter().any(|s| s.done < 2) {
         if started.elapsed() > DEADLINE {
             let states: Vec<String> = subjects
@@ -203,24 +292,32 @@ fn three_boot_twice() -> Result<()> {
                 server.log_tail(40)
             );
         }
+        if subjects.iter().any(|s| s.id.is_none()) {
+            for s in subjects.iter_mut().filter(|s| s.id.is_none()) {
+                ensure!(s.vm.is_running(), "{} stopped\n{}", s.name, s.vm.tails());
+                s.id = machine_id(&server, &s.serial)?;
+            }
+            // Once both are discovered, both get the workflow: their agents run in the
+            // discovery image, where the first stage starts at once, and both are at their
+            // first task together (the kill's moment, see `kill_mid_job`).
+            if subjects.iter().all(|s| s.id.is_some()) {
+                for s in &mut subjects {
+                    s.run = assign(&server, s.id.as_deref().context("id")?)?;
+                    ensure!(s.run["phase"] == "ready", "{}: {:#}", s.name, s.run);
+                }
+                eprintln!(
+                    "[{:>4.0}s] both discovered, workflow assigned",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            continue;
+        }
         for s in subjects.iter_mut().filter(|s| s.done < 2) {
             ensure!(s.vm.is_running(), "{} stopped\n{}", s.name, s.vm.tails());
-            let Some(id) = s.id.clone() else {
-                // Discovered: its agent runs in the discovery image, where the first stage
-                // starts at once.
-                if let Some(id) = machine_id(&server, &s.serial)? {
-                    let run = assign(&server, &id)?;
-                    ensure!(run["phase"] == "ready", "{}: {run:#}", s.name);
-                    eprintln!(
-                        "[{:>4.0}s] {}: discovered, workflow assigned",
-                        started.elapsed().as_secs_f64(),
-                        s.name
-                    );
-                    s.id = Some(id);
-                }
-                continue;
-            };
+            let id = s.id.clone().context("id")?;
             let run = server.api_get(&format!("/api/v1/machines/{id}/workflow"))?;
+            s.run = run.clone();
             match run["phase"].as_str() {
                 Some("done") => {
                     s.done += 1;
@@ -242,7 +339,24 @@ fn three_boot_twice() -> Result<()> {
                 _ => {}
             }
         }
+        if cut.is_empty() {
+            cut = kill_mid_job(&mut server, &subjects)?;
+            for c in &cut {
+                eprintln!(
+                    "[{:>4.0}s] {}: server killed (kill -9) during first-a ({} log bytes \
+                     stored), started again {} s later",
+                    started.elapsed().as_secs_f64(),
+                    c.name,
+                    c.log.len(),
+                    DOWN.as_secs()
+                );
+            }
+        }
         std::thread::sleep(Duration::from_secs(2));
+    }
+    ensure!(!cut.is_empty(), "the server was never killed mid-job");
+    for c in &cut {
+        check_cut(&server, c)?;
     }
     for s in subjects {
         s.vm.quit()?;

@@ -1,7 +1,9 @@
 //! The real `anneal serve` inside a rack's namespace, with any TOML configuration: its log,
 //! admin token, CA fingerprint, store, and calls to its operator and enrollment APIs (made from
-//! a thread inside the namespace, since nothing routes there from the host).
+//! a thread inside the namespace, since nothing routes there from the host). It can be killed
+//! with SIGKILL and started again on the same config, data and ports (crash tests).
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -10,13 +12,16 @@ use std::time::{Duration, Instant};
 use anneal_agent::clock::Clock;
 use anneal_server::store::{LeaseRecord, LeaseStore, SqliteStore};
 use anneal_shared::protocol::IdentityHints;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use tempfile::TempDir;
 
 use super::{binaries, wait, Rack};
 
 /// Log filter given to the server: DHCP and TFTP at debug, so tests can follow every packet.
 pub const LOG_FILTER: &str = "info,anneal_server::dhcp=debug,anneal_server::tftp=debug";
+
+/// The config file in the server's working directory.
+const CONFIG_FILE: &str = "anneal.toml";
 
 /// A running `anneal serve`, stopped (SIGTERM, then SIGKILL) when dropped. Borrows its rack,
 /// so it always goes before the namespace does.
@@ -77,28 +82,14 @@ impl<'r> Anneal<'r> {
     /// reaches it on (wildcard listen addresses in the log are replaced by it). Returns once
     /// the server says it is serving; fails with the log if it exits first.
     pub fn start_at(rack: &'r Rack, config: &str, host: Ipv4Addr) -> Result<Anneal<'r>> {
-        let bin = binaries::anneal()?;
         let dir = tempfile::tempdir().context("temp dir for anneal")?;
         let data_dir = dir.path().join("data");
         let log = dir.path().join("anneal.log");
-        let config_path = dir.path().join("anneal.toml");
         let config = config.replace("{data_dir}", &data_dir.display().to_string());
-        std::fs::write(&config_path, &config).context("writing anneal.toml")?;
-        let child = rack
-            .netns
-            .command(&bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("ANNEAL_LOG", LOG_FILTER)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).context("creating the server log")?)
-            .spawn()
-            .with_context(|| format!("spawning {} serve", bin.display()))?;
+        std::fs::write(dir.path().join(CONFIG_FILE), &config).context("writing anneal.toml")?;
         let mut server = Anneal {
             rack,
-            child: Some(child),
+            child: None,
             dir,
             log,
             data_dir,
@@ -107,18 +98,7 @@ impl<'r> Anneal<'r> {
             ca_fingerprint: String::new(),
             admin_token: String::new(),
         };
-        let banner = wait::until("anneal to start", wait::START, || {
-            let text = server.log_text();
-            if text.contains("anneal is serving") && text.contains("CA fingerprint:") {
-                return Some(Ok(text));
-            }
-            match server.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(status))) => Some(Err(anyhow!("anneal exited ({status})"))),
-                _ => None,
-            }
-        })
-        .and_then(|r| r)
-        .with_context(|| format!("server log:\n{}", server.log_tail(40)))?;
+        let banner = server.spawn()?;
         let after = |prefix: &str| -> Result<String> {
             banner
                 .lines()
@@ -139,6 +119,78 @@ impl<'r> Anneal<'r> {
             .trim()
             .to_string();
         Ok(server)
+    }
+
+    /// Run `anneal serve --config` inside the namespace, its stderr appended to the log (so a
+    /// restart keeps the earlier starts' lines). Returns this start's part of the log once it
+    /// says it is serving; fails with the log if the server exits first.
+    fn spawn(&mut self) -> Result<String> {
+        let bin = binaries::anneal()?;
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("opening the server log")?;
+        let child = self
+            .rack
+            .netns
+            .command(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join(CONFIG_FILE))
+            .env("ANNEAL_LOG", LOG_FILTER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawning {} serve", bin.display()))?;
+        self.child = Some(child);
+        wait::until("anneal to start", wait::START, || {
+            let bytes = std::fs::read(&self.log).unwrap_or_default();
+            let text = String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned();
+            if text.contains("anneal is serving") && text.contains("CA fingerprint:") {
+                return Some(Ok(text));
+            }
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(Err(anyhow!("anneal exited ({status})"))),
+                _ => None,
+            }
+        })
+        .and_then(|r| r)
+        .with_context(|| format!("server log:\n{}", self.log_tail(40)))
+    }
+
+    /// `kill -9`: SIGKILL the server by its PID (no shutdown of any kind) and reap it.
+    pub fn kill9(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("anneal is not running");
+        };
+        if child.try_wait()?.is_none() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).context("SIGKILL")?;
+        }
+        child.wait().context("reaping anneal")?;
+        // A mark for whoever reads the log: the next lines are another start's.
+        let mut log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        writeln!(log, "--- anneal killed (SIGKILL) by the test ---")?;
+        Ok(())
+    }
+
+    /// Start it again after [`Anneal::kill9`]: the same binary, config file, data directory and
+    /// ports, the log appended to. Returns once it says it is serving, under the same CA.
+    pub fn restart(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "anneal is still running");
+        let banner = self.spawn()?;
+        let fingerprint = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("CA fingerprint:"))
+            .map(str::trim);
+        ensure!(
+            fingerprint == Some(self.ca_fingerprint.as_str()),
+            "restarted under another CA: {fingerprint:?}"
+        );
+        Ok(())
     }
 
     /// The server's PID (it runs as our child; `ip netns exec` became it).
@@ -362,6 +414,10 @@ impl<'r> Anneal<'r> {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        // Exited already (and so reaped): its PID may belong to someone else by now.
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -13,7 +13,8 @@
 //!   `ANNEAL_REQUIRE_SYSTEM_TESTS=1`.
 //! - [`netns`]: the namespace, its bridge and taps, commands and threads inside it.
 //! - [`anneal`]: the real `anneal` binary inside the namespace with any TOML config, its log,
-//!   admin token, CA fingerprint, store, metrics and enrollment through the agent API.
+//!   admin token, CA fingerprint, store, metrics and enrollment through the agent API; `kill -9`
+//!   and a restart on the same data.
 //! - [`dnsmasq`]: another DHCP server on the same bridge (proxy-mode tests).
 //! - [`machine`]: a QEMU machine (firmware, NIC, MAC, SMBIOS identity, disks, serial log);
 //!   [`qmp`] for its power control; [`slots`] caps how many run at once.
