@@ -465,6 +465,19 @@ pub enum RuleResult {
     Unknown,
 }
 
+impl RuleResult {
+    /// The wire name (`no_match`), also the metric label and the `rule_fired` event's state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleResult::Assigned => "assigned",
+            RuleResult::Refused => "refused",
+            RuleResult::NoMatch => "no_match",
+            RuleResult::Skipped => "skipped",
+            RuleResult::Unknown => "unknown",
+        }
+    }
+}
+
 /// The one time rules were asked about a machine: when it was first ready for work (its first
 /// inventory stored, and approved where approval is required).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

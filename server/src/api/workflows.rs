@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::audit::{self, Change};
 use crate::fleet::guard::{self, Checked, Source};
 use crate::problem::{ApiError, ApiJson, ApiPath};
-use crate::store::workflow::{AttemptRecord, RunRecord};
+use crate::store::workflow::{AttemptRecord, AttemptState, RunRecord};
 use crate::workflow::run::{Event, Phase};
 use crate::workflow::service;
 
@@ -125,7 +125,11 @@ const TAIL_BYTES: u64 = 4096;
 async fn failure_tail(app: &App, run: &WorkflowRun) -> Result<Option<(Uuid, String)>, ApiError> {
     let attempts = app.store.list_attempts(Some(run.machine_id), 50).await?;
     let Some(a) = attempts.into_iter().find(|a| {
-        a.run_id == run.id && matches!(a.state.as_str(), "failed" | "timed_out" | "interrupted")
+        a.run_id == run.id
+            && matches!(
+                a.state,
+                AttemptState::Failed | AttemptState::TimedOut | AttemptState::Interrupted
+            )
     }) else {
         return Ok(None);
     };
@@ -219,28 +223,33 @@ pub async fn log(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let max = q.max.unwrap_or(1 << 20).clamp(1, 1 << 20);
-    if let Some(at) = app
-        .store
-        .get_attempt(id)
-        .await?
-        .and_then(|a| a.log_pruned_at)
-    {
-        let at = at.format(&time::format_description::well_known::Rfc3339);
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "log-pruned",
-            format!(
-                "the log of job attempt {id} was deleted at {} by log retention ({} days)",
-                at.unwrap_or_default(),
-                app.config.log_retention_days
-            ),
-        ));
-    }
+    let offset = q.offset.unwrap_or(0);
     let (bytes, len) = app
         .store
-        .read_log(id, q.offset.unwrap_or(0), max)
+        .read_log(id, offset, max)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job attempt {id}")))?;
+    // Nothing where bytes should be: only then ask whether retention deleted them, so
+    // ordinary reads (and `jobs logs -f` polling) cost one query.
+    if bytes.is_empty() && offset < len {
+        if let Some(at) = app
+            .store
+            .get_attempt(id)
+            .await?
+            .and_then(|a| a.log_pruned_at)
+        {
+            let at = at.format(&time::format_description::well_known::Rfc3339);
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "log-pruned",
+                format!(
+                    "the log of job attempt {id} was deleted at {} by log retention ({} days)",
+                    at.unwrap_or_default(),
+                    app.config.log_retention_days
+                ),
+            ));
+        }
+    }
     let headers = [
         (
             header::CONTENT_TYPE,

@@ -36,12 +36,11 @@ pub fn first_match<'a>(content: &'a ContentSet, m: &MachineSummary) -> Option<&'
 pub async fn machine_ready(app: &App, machine: MachineId) {
     match fire(app, machine).await {
         Ok(Some(o)) => {
-            metrics::counter!("anneal_rule_outcomes_total", "result" => format!("{:?}", o.result))
+            metrics::counter!("anneal_rule_outcomes_total", "result" => o.result.as_str())
                 .increment(1);
             tracing::info!(machine_id = %machine, rule = ?o.rule, workflow = ?o.workflow, result = ?o.result, reason = ?o.reason, "rules asked for a new machine");
-            let result = serde_json::to_value(o.result).ok();
             app.events.emit(Event {
-                state: result.and_then(|v| v.as_str().map(String::from)),
+                state: Some(o.result.as_str().into()),
                 workflow: o.workflow.clone(),
                 reason: o.reason.clone().or(o.rule.clone()),
                 ..Event::of(EventKind::RuleFired).machine(machine)
